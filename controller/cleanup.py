@@ -1,0 +1,342 @@
+"""What happens when an agent ends — the one place.
+
+`clean_up()` is the only cleanup implementation. The reconcile loop (terminal phase), the finalizer
+(deletion) and the sweep (leftovers of terminal agents) all call it. For one agent it runs under a
+per-UID lock and is idempotent: after a crash at any line, running it again finishes the job.
+
+Order (SPEC §4):
+1. Archive: open every container's log stream (and the previous instance's) *before* the pod is
+   asked to stop, write into a temporary directory, then prompt.txt, agent.json, MANIFEST.json last,
+   fsync, rename. An archive whose MANIFEST.json exists is never written again.
+2. Stop the pod: delete with its grace period and a UID precondition; force (grace 0) after
+   grace + 30 s.
+3. Delete the prompt ConfigMap and the credentials (UID preconditions).
+4. Verify: list every managed kind by the agent-uid label; nothing may be left.
+5. Record: status.cleanup Succeeded, condition CleanedUp, an Event, metrics.
+
+Data first: if archiving fails, nothing is deleted; the error is recorded, state is Retrying, and
+the caller retries with exponential backoff (cap 5 min).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import api
+from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
+from .kube.client import AGENTS, KIND_RESOURCES, PODS, ApiError, LogStream
+from .names import PROMPT_KEY, uid_selector
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_KINDS = ("serviceaccount", "role", "rolebinding")
+DELETE_ORDER = ("configmap",) + CREDENTIAL_KINDS
+
+
+class CleanupFailed(Exception):
+    """A cleanup attempt failed; it was recorded, and should be retried after `delay` seconds."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass
+class Outcome:
+    trigger: str
+    done: bool = False
+    already: bool = False          # nothing to do: it had succeeded before
+    archive: ArchiveResult | None = None
+    new_bytes: int = 0
+    left: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _obj_uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
+
+
+def _obj_name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+async def patch_status(rt: Runtime, agent: Mapping[str, Any], status: Mapping[str, Any],
+                       resource_version: str | None = None) -> dict[str, Any]:
+    meta = agent["metadata"]
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    return await rt.client.patch(AGENTS, meta["namespace"], meta["name"], body, sub="status")
+
+
+async def list_children(rt: Runtime, namespace: str, agent_uid: str) -> dict[str, list[dict[str, Any]]]:
+    """One list per managed kind, by the agent-uid label."""
+    selector = uid_selector(agent_uid)
+    kinds = list(KIND_RESOURCES)
+    lists = await asyncio.gather(*(rt.client.list(KIND_RESOURCES[k], namespace, label_selector=selector)
+                                   for k in kinds))
+    return {k: list(result.get("items") or []) for k, result in zip(kinds, lists)}
+
+
+async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: int | None = None) -> None:
+    """Delete with a UID precondition: gone (404) or replaced by someone else's object (409) is fine."""
+    meta = obj["metadata"]
+    try:
+        await rt.client.delete(KIND_RESOURCES[kind], meta.get("namespace"), meta["name"], uid=meta["uid"],
+                               grace_period_seconds=grace)
+    except ApiError as exc:
+        if exc.status not in (404, 409):
+            raise
+
+
+def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event through kopf's poster (no-op outside a running operator)."""
+    try:
+        import kopf
+
+        kopf.event(dict(obj), type=type_, reason=reason, message=message)
+    except (LookupError, RuntimeError):
+        log.debug("event not posted (no operator context): %s %s", reason, message)
+
+
+async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str | None = None,
+                   recheck: bool = False) -> Outcome:
+    """Run the cleanup of one terminal (or deleted) agent to success, or raise CleanupFailed.
+
+    `recheck` (the sweep found leftovers) runs the steps again even after an earlier success;
+    the archive is still written only once.
+    """
+    meta = agent["metadata"]
+    uid = meta["uid"]
+    async with rt.locks.get(uid):
+        status = agent.get("status") or {}
+        cleanup = status.get("cleanup") or {}
+        if recheck:
+            trigger = trigger or api.TRIGGER_SWEEP
+        else:
+            trigger = cleanup.get("trigger") or trigger or api.cleanup_trigger(
+                status.get("phase"), status.get("reason"), meta.get("deletionTimestamp") is not None)
+            if uid in rt.cleaned or cleanup.get("state") == api.CLEANUP_SUCCEEDED:
+                rt.cleaned.add(uid)
+                return Outcome(trigger=trigger, done=True, already=True)
+        return await _clean_up_locked(rt, agent, trigger)
+
+
+async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) -> Outcome:
+    meta = agent["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    spec = api.AgentSpec.from_dict(agent.get("spec") or {})
+    status = agent.get("status") or {}
+    cleanup = status.get("cleanup") or {}
+    attempts = int(cleanup.get("attempts") or 0) + 1
+    errors = list(cleanup.get("errors") or [])
+    now = rt.clock()
+    finished_at = api.parse_time(status.get("completionTime")) or now
+    outcome = Outcome(trigger=trigger)
+    recorded: dict[str, Any] = {"state": api.CLEANUP_RUNNING, "trigger": cleanup.get("trigger") or trigger,
+                                "attempts": attempts}
+
+    try:
+        start: dict[str, Any] = {"cleanup": recorded}
+        if not status.get("completionTime"):
+            start["completionTime"] = api.format_time(finished_at)
+        try:
+            snapshot = await patch_status(rt, agent, start)
+        except ApiError as exc:
+            if exc.not_found:   # the Agent is gone for good; the sweep owns whatever is left
+                return Outcome(trigger=trigger, done=True, already=True)
+            raise
+        if snapshot.get("metadata", {}).get("uid") != uid:
+            return Outcome(trigger=trigger, done=True, already=True)   # re-created under the same name
+
+        found = await list_children(rt, ns, uid)
+        directory = rt.archive.agent_dir(ns, name, uid)
+        archived = None
+        if spec.cleanup.logs == api.LOGS_ARCHIVE:
+            archived = await archive_and_stop_pods(rt, directory, found["pod"], spec.cleanup.grace_period_seconds,
+                                                   extra_files=_agent_files(snapshot, spec))
+            outcome.archive = archived
+            outcome.new_bytes = 0 if archived.already_existed else archived.bytes
+        else:
+            await stop_pods(rt, found["pod"], spec.cleanup.grace_period_seconds)
+
+        await asyncio.gather(*(delete_child(rt, kind, obj) for kind in DELETE_ORDER for obj in found[kind]))
+
+        left = await list_children(rt, ns, uid)
+        outcome.left = {k: [_obj_name(o) for o in v] for k, v in left.items() if v}
+        recorded.update({
+            "podDeleted": not left["pod"],
+            "promptDeleted": not left["configmap"],
+            "credentialsDeleted": not any(left[k] for k in CREDENTIAL_KINDS),
+            "logsArchived": archived is not None,
+            "verifiedNoLeaks": not outcome.left,
+        })
+        if archived is not None:
+            recorded["archivedFiles"] = archived.files
+            recorded["archivedBytes"] = archived.bytes
+        if outcome.left:
+            raise RuntimeError("resources still present after cleanup: " + ", ".join(
+                f"{k}/{n}" for k, names in sorted(outcome.left.items()) for n in names))
+
+        done_at = rt.clock()
+        recorded.update({"state": api.CLEANUP_SUCCEEDED, "completionTime": api.format_time(done_at),
+                         "errors": errors})
+        final = await patch_status(rt, agent, {
+            "cleanup": recorded,
+            "conditions": api.conditions_for(status.get("phase"), status.get("reason"), api.CLEANUP_SUCCEEDED,
+                                             status.get("conditions"), done_at, status.get("message") or ""),
+        })
+        rt.cleaned.add(uid)
+        rt.archive_failing.discard(uid)
+        outcome.done = True
+        rt.metrics.cleanups.labels(trigger=trigger, result="success").inc()
+        rt.metrics.cleanup_duration.labels(trigger=trigger).observe(max(0.0, (done_at - finished_at).total_seconds()))
+        if outcome.new_bytes:
+            rt.metrics.archived_bytes.inc(outcome.new_bytes)
+        files = len(archived.files) if archived else 0
+        post_event(final, "Normal", "CleanedUp",
+                   f"Cleanup ({trigger}) succeeded: pod, prompt and credentials deleted, {files} files archived, "
+                   f"no leaks.")
+        log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger,
+                                             "archived_bytes": outcome.new_bytes})
+        return outcome
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
+        message = f"attempt {attempts}: {exc}"
+        errors = (errors + [message[:1000]])[-api.MAX_RECORDED_ERRORS:]
+        reason = exc.reason if isinstance(exc, ArchiveError) else None
+        if reason:
+            rt.metrics.archive_errors.labels(reason=reason).inc()
+            rt.archive_failing.add(uid)
+        rt.metrics.cleanups.labels(trigger=trigger, result="failure").inc()
+        recorded.update({"state": api.CLEANUP_RETRYING, "errors": errors})
+        with contextlib.suppress(ApiError):
+            await patch_status(rt, agent, {"cleanup": recorded})
+        delay = api.backoff_seconds(attempts)
+        post_event(agent, "Warning", "CleanupFailed", f"{message}; retrying in {delay:.0f}s")
+        log.warning("cleanup of %s/%s failed (%s); retrying in %.0fs", ns, name, exc, delay)
+        raise CleanupFailed(message, delay) from exc
+
+
+def _agent_files(agent: Mapping[str, Any], spec: api.AgentSpec) -> dict[str, bytes]:
+    body = json.loads(json.dumps(agent))
+    body.get("metadata", {}).pop("managedFields", None)
+    files = {"agent.json": json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"}
+    if spec.prompt is not None:
+        files[PROMPT_KEY] = spec.prompt.encode()
+    return files
+
+
+# ------------------------------------------------------------------ archive + stop, interleaved
+
+async def archive_and_stop_pods(rt: Runtime, directory: Any, pods: list[dict[str, Any]], grace: int,
+                                extra_files: Mapping[str, bytes]) -> ArchiveResult:
+    """Archive logs of `pods` into `directory` while stopping them. Nothing is deleted if the
+    archive cannot be started (directory not writable, log stream refused)."""
+    if Archive.is_complete(directory):
+        await stop_pods(rt, pods, grace)
+        return rt.archive.existing(directory)
+    pending = rt.archive.begin(directory)
+    pumps: list[asyncio.Task[None]] = []
+    try:
+        for pod in pods:
+            pumps += await _open_log_pumps(rt, pending, pod)
+    except BaseException:
+        for task in pumps:
+            task.cancel()
+        pending.abort()
+        raise
+    try:
+        await stop_pods(rt, pods, grace)
+        if pumps:
+            done, still = await asyncio.wait(pumps, timeout=10.0)
+            for task in still:
+                task.cancel()
+            for task in done:
+                if task.exception() is not None:
+                    log.warning("log stream ended with an error: %s", task.exception())
+        for filename, data in extra_files.items():
+            pending.write_file(filename, data)
+        return await asyncio.to_thread(pending.commit)
+    except BaseException:
+        for task in pumps:
+            task.cancel()
+        pending.abort()
+        raise
+
+
+async def _open_log_pumps(rt: Runtime, pending: PendingArchive, pod: Mapping[str, Any]) -> list[asyncio.Task[None]]:
+    meta = pod["metadata"]
+    spec = pod.get("spec") or {}
+    restarts = {cs.get("name"): int(cs.get("restartCount") or 0)
+                for cs in (pod.get("status") or {}).get("containerStatuses") or []}
+    containers = [c["name"] for c in spec.get("initContainers") or []] + [c["name"] for c in spec.get("containers") or []]
+    tasks: list[asyncio.Task[None]] = []
+    for container in containers:
+        for previous in ((True, False) if restarts.get(container) else (False,)):
+            filename = log_filename(container, previous)
+            try:
+                stream = await rt.client.stream_log(meta["namespace"], meta["name"], container,
+                                                    follow=not previous, previous=previous)
+            except ApiError as exc:
+                if exc.status in (404, 400) and previous:
+                    continue
+                if exc.not_found:
+                    return tasks   # the pod is already gone: there is nothing left to read
+                raise ArchiveError("log_read", f"cannot read log of {meta['name']}/{container}: {exc}") from exc
+            tasks.append(asyncio.create_task(_pump(stream, pending.open(filename))))
+    return tasks
+
+
+async def _pump(stream: LogStream, handle: Any) -> None:
+    async for chunk in stream.chunks():
+        handle.write(chunk)
+
+
+async def stop_pods(rt: Runtime, pods: list[dict[str, Any]], grace: int) -> None:
+    await asyncio.gather(*(stop_pod(rt, pod, grace) for pod in pods))
+
+
+async def stop_pod(rt: Runtime, pod: Mapping[str, Any], grace: int) -> None:
+    """Delete with the grace period; if still there after grace + 30 s, delete with grace 0."""
+    pod_uid = _obj_uid(pod)
+    waiter = rt.pods.waiter(pod_uid)
+    try:
+        await delete_child(rt, "pod", pod, grace=grace)
+        if await _wait_gone(rt, pod, waiter, grace + rt.force_delete_after):
+            return
+        log.warning("pod %s still present %ss after its grace period: force-deleting", _obj_name(pod),
+                    rt.force_delete_after)
+        await delete_child(rt, "pod", pod, grace=0)
+        await _wait_gone(rt, pod, waiter, rt.force_delete_after)
+    finally:
+        rt.pods.forget(pod_uid)
+
+
+async def _wait_gone(rt: Runtime, pod: Mapping[str, Any], waiter: asyncio.Event, timeout: float) -> bool:
+    """True once the pod (this UID) no longer exists. Woken by the pod watch; polls as a fallback."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    meta = pod["metadata"]
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(waiter.wait(), timeout=min(remaining, rt.pod_poll_interval))
+        if waiter.is_set():
+            return True
+        try:
+            current = await rt.client.get(PODS, meta["namespace"], meta["name"])
+        except ApiError as exc:
+            if exc.not_found:
+                return True
+            raise
+        if _obj_uid(current) != meta["uid"]:
+            return True

@@ -1,0 +1,133 @@
+"""`agent-controller run | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .operator import DEFAULT_ARCHIVE_DIR, Options, run
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields are included."""
+
+    _skip = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self._skip and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(fmt: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING if level >= logging.INFO else level)
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {value!r}")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value!r}")
+    return port
+
+
+def add_common(parser: argparse.ArgumentParser, archive_default: str) -> None:
+    parser.add_argument("--archive-dir", default=os.environ.get("AGENT_CONTROLLER_ARCHIVE_DIR", archive_default),
+                        help="archive root (env AGENT_CONTROLLER_ARCHIVE_DIR; default %(default)s)")
+    parser.add_argument("--metrics-port", type=_port, default=9102, help="Prometheus /metrics port (%(default)s)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent-controller", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"agent-controller {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser("run", help="run the controller against the current kubeconfig or in-cluster config")
+    scope = run_p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    add_common(run_p, DEFAULT_ARCHIVE_DIR)
+    run_p.add_argument("--health-port", type=_port, default=8081, help="/healthz port (%(default)s)")
+    run_p.add_argument("--sweep-interval", type=_positive, default=60.0, help="seconds between sweeps (%(default)s)")
+    run_p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    run_p.add_argument("--context", default=None)
+    run_p.add_argument("--peering", default=None, metavar="NAME",
+                       help="kopf peering name for standby replicas (default: standalone)")
+
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args)
+    setup_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    options = Options(namespaces=args.namespace, archive_dir=args.archive_dir, metrics_port=args.metrics_port,
+                      health_port=args.health_port, sweep_interval=args.sweep_interval,
+                      kubeconfig=args.kubeconfig, context=args.context, peering=args.peering)
+    try:
+        asyncio.run(_run_until_signal(options))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"agent-controller: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_until_signal(options: Options) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run(options, stop_flag=stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""A thin async Kubernetes REST client on aiohttp.
+
+Configuration comes from the official `kubernetes` package's loaders (kubeconfig or in-cluster),
+so every auth method they support works; the requests themselves are plain aiohttp, which keeps
+the controller fully asynchronous (no thread per call) and cheap per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server (or a transport failure: status 0)."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = dict(body or {})
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{urllib.parse.quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{urllib.parse.quote(name)}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+PODS = Resource("", "v1", "pods")
+CONFIGMAPS = Resource("", "v1", "configmaps")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
+EVENTS = Resource("", "v1", "events")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
+ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+AGENTS = Resource("agentcontroller.dev", "v1alpha1", "agents")
+
+KIND_RESOURCES: dict[str, Resource] = {
+    "pod": PODS,
+    "configmap": CONFIGMAPS,
+    "serviceaccount": SERVICEACCOUNTS,
+    "role": ROLES,
+    "rolebinding": ROLEBINDINGS,
+}
+
+
+@dataclass
+class ClientConfig:
+    server: str
+    token: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_ssl: bool = True
+    default_namespace: str = "default"
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None, context: str | None = None) -> "ClientConfig":
+        """In-cluster config when running in a pod (and no kubeconfig given), else the kubeconfig."""
+        import os
+
+        from kubernetes import client as kclient
+        from kubernetes import config as kconfig
+
+        cfg = kclient.Configuration()
+        namespace = "default"
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kconfig.load_incluster_config(client_configuration=cfg)
+            try:
+                with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+                    namespace = fh.read().strip() or "default"
+            except OSError:
+                pass
+        else:
+            kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+            try:
+                _, active = kconfig.list_kube_config_contexts(config_file=kubeconfig)
+                namespace = (active or {}).get("context", {}).get("namespace") or "default"
+            except Exception:  # noqa: BLE001 - the namespace is only a default
+                pass
+        token = None
+        auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+        if auth:
+            token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+        return cls(server=cfg.host.rstrip("/"), token=token, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
+                   key_file=cfg.key_file, verify_ssl=bool(cfg.verify_ssl), default_namespace=namespace)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.server.startswith("https"):
+            return False
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.cert_file and self.key_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+class KubeClient:
+    """Async REST calls. Retries 429/5xx and transport errors a few times; raises ApiError otherwise."""
+
+    def __init__(self, config: ClientConfig, *, retries: int = 3, timeout: float = 30.0):
+        self.config = config
+        self.retries = retries
+        self.timeout = timeout
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self.config.token:
+                headers["Authorization"] = f"Bearer {self.config.token}"
+            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
+            self._session = aiohttp.ClientSession(self.config.server, headers=headers, connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json",
+                      timeout: float | None = None) -> dict[str, Any]:
+        session = await self.session()
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if body is not None else {}
+        self.requests[(method, _resource_of(path))] += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with session.request(method, path, params=_params(params), data=data, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
+                    text = await resp.text()
+                    if resp.status < 300:
+                        return json.loads(text) if text else {}
+                    err = _error(resp.status, text)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                err = ApiError(0, "TransportError", f"{type(exc).__name__}: {exc}")
+            if (err.status in RETRYABLE or err.status == 0) and attempt <= self.retries:
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+                continue
+            raise err
+
+    # -------------------------------------------------------------- verbs
+
+    async def get(self, res: Resource, namespace: str | None, name: str, sub: str | None = None) -> dict[str, Any]:
+        return await self.request("GET", res.path(namespace, name, sub))
+
+    async def list(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None,
+                   timeout: float | None = None) -> dict[str, Any]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        return await self.request("GET", res.path(namespace), params=params, timeout=timeout)
+
+    async def create(self, res: Resource, namespace: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", res.path(namespace), body=body)
+
+    async def patch(self, res: Resource, namespace: str | None, name: str, patch: Any, *,
+                    sub: str | None = None, patch_type: str = "merge") -> dict[str, Any]:
+        ctype = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
+                 "strategic": "application/strategic-merge-patch+json"}[patch_type]
+        return await self.request("PATCH", res.path(namespace, name, sub), body=patch, content_type=ctype)
+
+    async def delete(self, res: Resource, namespace: str | None, name: str, *, uid: str | None = None,
+                     grace_period_seconds: int | None = None,
+                     propagation: str | None = "Background") -> dict[str, Any]:
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        if propagation:
+            options["propagationPolicy"] = propagation
+        return await self.request("DELETE", res.path(namespace, name), body=options)
+
+    async def stream_log(self, namespace: str, pod: str, container: str, *, follow: bool = True,
+                         previous: bool = False) -> "LogStream":
+        """Open a pod-log stream; returns once the server answered (the stream is established)."""
+        session = await self.session()
+        params = {"container": container, "follow": "true" if follow else "false"}
+        if previous:
+            params["previous"] = "true"
+        self.requests[("GET", "pods/log")] += 1
+        resp = await session.get(PODS.path(namespace, pod, "log"), params=params,
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout))
+        if resp.status >= 300:
+            text = await resp.text()
+            resp.release()
+            raise _error(resp.status, text)
+        return LogStream(resp)
+
+
+class LogStream:
+    def __init__(self, resp: aiohttp.ClientResponse):
+        self._resp = resp
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        finally:
+            self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items() if v is not None}
+
+
+def _resource_of(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    if "namespaces" in parts:
+        i = parts.index("namespaces")
+        parts = parts[:i] + parts[i + 2:]
+    # /api/v1/<res>[/name[/sub]] or /apis/g/v/<res>[/name[/sub]]
+    rest = parts[2:] if parts and parts[0] == "api" else parts[3:]
+    if not rest:
+        return "?"
+    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+
+
+def _error(status: int, text: str) -> ApiError:
+    try:
+        body = json.loads(text) if text else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    return ApiError(status, str(body.get("reason") or "Error"), str(body.get("message") or text[:500]), body)

@@ -1,0 +1,163 @@
+"""Wires the pieces together and runs kopf: used by `agent-controller run`, the demo, tests and bench."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import kopf
+
+from .archive import Archive
+from .health import HealthServer
+from .kube.client import ClientConfig, KubeClient
+from .metrics import Metrics
+from .runtime import Runtime, utcnow
+from .sweep import Sweeper
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARCHIVE_DIR = "/var/lib/agent-controller/archive"
+
+
+@dataclass
+class Options:
+    namespaces: list[str] = field(default_factory=list)   # empty: all namespaces
+    archive_dir: str = DEFAULT_ARCHIVE_DIR
+    metrics_port: int = 9102
+    health_port: int = 8081
+    sweep_interval: float = 60.0
+    sweep_timeout: float | None = None       # default: min(interval, 30 s)
+    kubeconfig: str | None = None
+    context: str | None = None
+    peering: str | None = None               # kopf peering name; None = standalone
+    listen_host: str = "0.0.0.0"
+    force_delete_after: float = 30.0
+    clock: Callable[[], Any] = utcnow
+
+
+def build_runtime(options: Options, config: ClientConfig | None = None) -> Runtime:
+    config = config or ClientConfig.load(options.kubeconfig, options.context)
+    return Runtime(
+        client=KubeClient(config),
+        archive=Archive(options.archive_dir),
+        metrics=Metrics(),
+        clock=options.clock,
+        force_delete_after=options.force_delete_after,
+        namespaces=tuple(options.namespaces),
+    )
+
+
+async def run(options: Options, *, runtime: Runtime | None = None, stop_flag: Any = None,
+              ready_flag: Any = None) -> None:
+    """Run the controller until `stop_flag` is set (or forever)."""
+    from . import handlers
+
+    rt = runtime or build_runtime(options)
+    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout)
+    health = HealthServer(rt, sweeper, host=options.listen_host, metrics_port=options.metrics_port,
+                          health_port=options.health_port)
+
+    async def on_startup(_: Runtime) -> None:
+        await health.start()
+        sweeper.start()
+
+    async def on_shutdown(_: Runtime) -> None:
+        await sweeper.stop()
+        await health.stop()
+        await rt.client.close()
+
+    memo = kopf.Memo(runtime=rt, on_startup=on_startup, on_shutdown=on_shutdown, sweeper=sweeper, health=health)
+
+    @kopf.on.login(registry=handlers.registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        cfg = rt.client.config
+        return kopf.ConnectionInfo(
+            server=cfg.server, token=cfg.token, ca_path=cfg.ca_file, insecure=not cfg.verify_ssl,
+            certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+            default_namespace=cfg.default_namespace, expiration=None)
+
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings)
+    await kopf.operator(
+        registry=handlers.registry,
+        settings=settings,
+        memo=memo,
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces or None,
+        standalone=options.peering is None,
+        peering_name=options.peering or "default",
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+class BackgroundController:
+    """The real controller in a thread with its own event loop (tests, demo, bench)."""
+
+    def __init__(self, options: Options, config: ClientConfig | None = None):
+        self.options = options
+        self.runtime = build_runtime(options, config)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 60.0) -> "BackgroundController":
+        self._thread = threading.Thread(target=self._main, name="agent-controller", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"controller did not start: {self.error!r}")
+        if self.error:
+            raise RuntimeError(f"controller failed to start: {self.error!r}")
+        return self
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._amain())
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+            log.exception("controller crashed")
+        finally:
+            self._ready.set()
+            loop.close()
+
+    async def _amain(self) -> None:
+        self._stop = asyncio.Event()
+        ready = asyncio.Event()
+
+        async def mark_ready() -> None:
+            await ready.wait()
+            self._ready.set()
+
+        marker = asyncio.create_task(mark_ready())
+        try:
+            await run(self.options, runtime=self.runtime, stop_flag=self._stop, ready_flag=ready)
+        finally:
+            marker.cancel()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def call(self, coro_factory: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run a coroutine on the controller's loop (e.g. a sweep) and wait for its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro_factory(), self._loop).result(timeout)
+
+    def __enter__(self) -> "BackgroundController":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

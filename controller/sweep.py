@@ -1,0 +1,229 @@
+"""The periodic safety net (SPEC §4 "Sweep").
+
+Every interval: one list of Agents and one list per managed kind by the managed-by label (no
+per-object GETs), joined in memory. What should not exist is classified:
+
+- `orphaned`: its Agent UID no longer exists -> orphan pods are archived under `_orphans/<pod uid>/`,
+  then everything is deleted (UID preconditions);
+- `terminal`: its Agent is terminal and past its grace period + 60 s -> the same `clean_up()` as the
+  reconcile loop (one code path, same per-agent lock, so never concurrently with it);
+- `archive_failed`: a pod kept because its archive keeps failing -> the cleanup is retried.
+
+Each sweep runs under a timeout: a hanging API makes that sweep fail visibly, never hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import api
+from .cleanup import CleanupFailed, archive_and_stop_pods, clean_up, delete_child, post_event
+from .kube.client import AGENTS, KIND_RESOURCES, ApiError
+from .metrics import KINDS, LEAK_REASONS
+from .names import AGENT_UID_LABEL, MANAGED_SELECTOR
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+TERMINAL_GRACE_EXTRA = 60.0
+
+
+@dataclass
+class Leak:
+    kind: str
+    reason: str
+    obj: dict[str, Any]
+    agent: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.obj["metadata"].get("uid"))
+
+
+@dataclass
+class SweepReport:
+    found: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reaped: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    objects: int = 0
+    seconds: float = 0.0
+
+
+def classify(agents: list[Mapping[str, Any]], objects: Mapping[str, list[Mapping[str, Any]]],
+             now: Any, archive_failing: set[str]) -> list[Leak]:
+    """Pure: which managed objects should not exist, and why."""
+    by_uid = {a["metadata"]["uid"]: a for a in agents}
+    leaks = []
+    for kind, items in objects.items():
+        for obj in items:
+            owner = (obj["metadata"].get("labels") or {}).get(AGENT_UID_LABEL, "")
+            agent = by_uid.get(owner)
+            if agent is None:
+                leaks.append(Leak(kind, "orphaned", dict(obj)))
+                continue
+            status = agent.get("status") or {}
+            if not api.is_terminal(status.get("phase")):
+                continue
+            spec = api.AgentSpec.from_dict(agent.get("spec") or {})
+            if kind == "pod" and spec.cleanup.logs == api.LOGS_ARCHIVE and owner in archive_failing:
+                leaks.append(Leak(kind, "archive_failed", dict(obj), dict(agent)))
+                continue
+            finished = api.parse_time(status.get("completionTime"))
+            allowance = spec.cleanup.grace_period_seconds + spec.cleanup.delay_seconds + TERMINAL_GRACE_EXTRA
+            if finished is None or (now - finished).total_seconds() > allowance:
+                leaks.append(Leak(kind, "terminal", dict(obj), dict(agent)))
+    return leaks
+
+
+class Sweeper:
+    def __init__(self, rt: Runtime, interval: float = 60.0, timeout: float | None = None):
+        self.rt = rt
+        self.interval = interval
+        self.timeout = timeout if timeout is not None else max(1.0, min(interval, 30.0))
+        self.started_at = time.time()
+        self.last_success: float | None = None
+        self.last_report: SweepReport | None = None
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._detected: dict[str, None] = {}     # leak keys already counted (bounded, insertion-ordered)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self._task = asyncio.create_task(self._loop(), name="sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    def healthy(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        reference = self.last_success if self.last_success is not None else self.started_at
+        return now - reference <= 3 * self.interval
+
+    async def _loop(self) -> None:
+        while True:
+            await self.run_once()
+            await asyncio.sleep(self.interval)
+
+    async def run_once(self) -> SweepReport | None:
+        """One sweep under the timeout. Failures are recorded, never raised."""
+        began = time.perf_counter()
+        try:
+            report = await asyncio.wait_for(self.sweep(), timeout=self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a sweep failure must not kill the loop
+            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("sweep failed: %s", self.last_error)
+            self.rt.metrics.sweep_duration.observe(time.perf_counter() - began)
+            return None
+        report.seconds = time.perf_counter() - began
+        self.rt.metrics.sweep_duration.observe(report.seconds)
+        self.last_success = time.time()
+        self.rt.metrics.last_sweep_success.set(self.last_success)
+        self.last_report = report
+        self.last_error = None
+        return report
+
+    # ----------------------------------------------------------------- one sweep
+
+    async def _list(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        client = self.rt.client
+        scopes: list[str | None] = list(self.rt.namespaces) or [None]
+        calls = [client.list(AGENTS, ns) for ns in scopes]
+        calls += [client.list(KIND_RESOURCES[k], ns, label_selector=MANAGED_SELECTOR) for k in KINDS for ns in scopes]
+        results = await asyncio.gather(*calls)
+        agents = [a for r in results[:len(scopes)] for a in r.get("items") or []]
+        objects: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+        for i, kind in enumerate(KINDS):
+            for r in results[len(scopes) * (i + 1): len(scopes) * (i + 2)]:
+                objects[kind].extend(r.get("items") or [])
+        return agents, objects
+
+    async def sweep(self) -> SweepReport:
+        rt = self.rt
+        agents, objects = await self._list()
+        report = SweepReport(objects=sum(len(v) for v in objects.values()))
+        leaks = classify(agents, objects, rt.clock(), set(rt.archive_failing))
+        for leak in leaks:
+            report.found[(leak.kind, leak.reason)] += 1
+            if leak.key not in self._detected:
+                self._detected[leak.key] = None
+                rt.metrics.leaks_detected.labels(kind=leak.kind, reason=leak.reason).inc()
+        while len(self._detected) > 100_000:
+            self._detected.pop(next(iter(self._detected)))
+        for kind in KINDS:
+            for reason in LEAK_REASONS:
+                rt.metrics.leaked.labels(kind=kind, reason=reason).set(report.found.get((kind, reason), 0))
+        await self._reap(leaks, report)
+        if leaks:
+            log.info("sweep: %d leaked resources found, %d reaped", len(leaks), sum(report.reaped.values()),
+                     extra={"found": {f"{k}/{r}": n for (k, r), n in report.found.items()},
+                            "reaped": dict(report.reaped)})
+        return report
+
+    async def _reap(self, leaks: list[Leak], report: SweepReport) -> None:
+        by_agent: dict[str, list[Leak]] = {}
+        orphans: list[Leak] = []
+        for leak in leaks:
+            if leak.agent is None:
+                orphans.append(leak)
+            else:
+                by_agent.setdefault(leak.agent["metadata"]["uid"], []).append(leak)
+        tasks = [self._reap_orphan(leak, report) for leak in orphans]
+        tasks += [self._reap_agent(items, report) for items in by_agent.values()]
+        await asyncio.gather(*tasks)
+
+    async def _reap_orphan(self, leak: Leak, report: SweepReport) -> None:
+        rt = self.rt
+        obj = leak.obj
+        meta = obj["metadata"]
+        try:
+            if leak.kind == "pod":
+                directory = rt.archive.orphan_dir(meta["namespace"], meta["uid"])
+                await archive_and_stop_pods(rt, directory, [obj], _grace(obj), extra_files={})
+            else:
+                await delete_child(rt, leak.kind, obj)
+        except Exception as exc:  # noqa: BLE001 - reported, retried next sweep
+            report.errors.append(f"{leak.kind}/{meta.get('name')}: {exc}")
+            log.warning("sweep: could not reap orphaned %s %s/%s: %s", leak.kind, meta.get("namespace"),
+                        meta.get("name"), exc)
+            return
+        report.reaped[leak.kind] += 1
+        rt.metrics.leaks_reaped.labels(kind=leak.kind).inc()
+        post_event(obj if leak.kind == "pod" else obj, "Warning", "LeakReaped",
+                   f"Orphaned {leak.kind} {meta.get('name')} (its Agent no longer exists) was "
+                   f"{'archived and ' if leak.kind == 'pod' else ''}deleted by the sweep.")
+        log.info("sweep reaped orphaned %s", leak.kind,
+                 extra={"kind": leak.kind, "reason": leak.reason, "object": f"{meta.get('namespace')}/{meta.get('name')}"})
+
+    async def _reap_agent(self, leaks: list[Leak], report: SweepReport) -> None:
+        rt = self.rt
+        agent = leaks[0].agent
+        assert agent is not None
+        try:
+            await clean_up(rt, agent, trigger=api.TRIGGER_SWEEP, recheck=True)
+        except (CleanupFailed, ApiError) as exc:
+            report.errors.append(f"agent {agent['metadata']['name']}: {exc}")
+            return
+        for leak in leaks:
+            report.reaped[leak.kind] += 1
+            rt.metrics.leaks_reaped.labels(kind=leak.kind).inc()
+        post_event(agent, "Warning", "LeakReaped",
+                   f"The sweep reaped {len(leaks)} leftover resource(s) of this terminal Agent "
+                   f"({', '.join(sorted({l.reason for l in leaks}))}).")
+
+
+def _grace(pod: Mapping[str, Any]) -> int:
+    return int((pod.get("spec") or {}).get("terminationGracePeriodSeconds") or api.DEFAULT_GRACE_SECONDS)
