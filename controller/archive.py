@@ -17,7 +17,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .names import InvalidName, check_name, check_namespace, check_uid, is_dns_label
 
@@ -111,7 +111,7 @@ class PendingArchive:
     def commit(self) -> ArchiveResult:
         """Close, write MANIFEST.json last, fsync everything, rename into place. Blocking."""
         try:
-            entries = []
+            entries: list[dict[str, Any]] = []
             for filename, handle in sorted(self._handles.items()):
                 handle.flush()
                 os.fsync(handle.fileno())

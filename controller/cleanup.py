@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from . import api
 from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
@@ -99,7 +99,7 @@ def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) ->
     try:
         import kopf
 
-        kopf.event(dict(obj), type=type_, reason=reason, message=message)
+        kopf.event(kopf.Body(cast(Any, dict(obj))), type=type_, reason=reason, message=message)
     except (LookupError, RuntimeError):
         log.debug("event not posted (no operator context): %s %s", reason, message)
 
@@ -118,6 +118,10 @@ async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str | None = 
         cleanup = status.get("cleanup") or {}
         if recheck:
             trigger = trigger or api.TRIGGER_SWEEP
+            if uid in rt.cleaned or cleanup.get("state") == api.CLEANUP_SUCCEEDED:
+                # Done meanwhile (e.g. by the reconcile loop that held the lock): anything left?
+                if not any((await list_children(rt, meta["namespace"], uid)).values()):
+                    return Outcome(trigger=trigger, done=True, already=True)
         else:
             trigger = cleanup.get("trigger") or trigger or api.cleanup_trigger(
                 status.get("phase"), status.get("reason"), meta.get("deletionTimestamp") is not None)
@@ -195,7 +199,10 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         rt.archive_failing.discard(uid)
         outcome.done = True
         rt.metrics.cleanups.labels(trigger=trigger, result="success").inc()
-        rt.metrics.cleanup_duration.labels(trigger=trigger).observe(max(0.0, (done_at - finished_at).total_seconds()))
+        duration = max(0.0, (done_at - finished_at).total_seconds())
+        rt.metrics.cleanup_duration.labels(trigger=trigger).observe(duration)
+        rt.cleanup_durations.append(duration)
+        del rt.cleanup_durations[:-10_000]
         if outcome.new_bytes:
             rt.metrics.archived_bytes.inc(outcome.new_bytes)
         files = len(archived.files) if archived else 0

@@ -44,7 +44,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 def runtime(memo: Any) -> Runtime:
-    return memo.runtime  # type: ignore[no-any-return]
+    rt: Runtime = memo.runtime
+    return rt
 
 
 async def _reconcile(memo: Any, body: Any, pod: Any = None, *, retry: int = 0) -> None:
@@ -142,10 +143,10 @@ async def agent_clock(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStop
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
-async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
-                    agents_by_uid: kopf.Index[str, tuple[str, str, str, bool]], **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A pod of ours changed or vanished: tell the waiting cleanup, or reconcile its Agent."""
     rt = runtime(memo)
+    agents_by_uid: kopf.Index[str, tuple[str, str, str, bool]] = kwargs["agents_by_uid"]
     etype = event.get("type")
     pod_uid = body.metadata.uid or ""
     if etype == "DELETED":
@@ -185,8 +186,8 @@ def _pod_news(agent_phase: str, pod: PodState) -> bool:
 
 
 @kopf.on.startup(registry=registry)
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, agent_phases: kopf.Index[str, str],
-                  **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    agent_phases: kopf.Index[str, str] = kwargs["agent_phases"]
     configure(settings)
     rt = runtime(memo)
     rt.metrics.set_phase_source(lambda: {phase: len(agent_phases.get(phase, ())) for phase in api.PHASES})

@@ -50,15 +50,21 @@ def build_runtime(options: Options, config: ClientConfig | None = None) -> Runti
     )
 
 
-async def run(options: Options, *, runtime: Runtime | None = None, stop_flag: Any = None,
-              ready_flag: Any = None) -> None:
+def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]:
+    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout)
+    health = HealthServer(rt, sweeper, host=options.listen_host, metrics_port=options.metrics_port,
+                          health_port=options.health_port)
+    return sweeper, health
+
+
+async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Sweeper | None = None,
+              health: HealthServer | None = None, stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run the controller until `stop_flag` is set (or forever)."""
     from . import handlers
 
     rt = runtime or build_runtime(options)
-    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout)
-    health = HealthServer(rt, sweeper, host=options.listen_host, metrics_port=options.metrics_port,
-                          health_port=options.health_port)
+    if sweeper is None or health is None:
+        sweeper, health = build_servers(options, rt)
 
     async def on_startup(_: Runtime) -> None:
         await health.start()
@@ -86,7 +92,7 @@ async def run(options: Options, *, runtime: Runtime | None = None, stop_flag: An
         settings=settings,
         memo=memo,
         clusterwide=not options.namespaces,
-        namespaces=options.namespaces or None,
+        namespaces=options.namespaces,
         standalone=options.peering is None,
         peering_name=options.peering or "default",
         stop_flag=stop_flag,
@@ -100,6 +106,7 @@ class BackgroundController:
     def __init__(self, options: Options, config: ClientConfig | None = None):
         self.options = options
         self.runtime = build_runtime(options, config)
+        self.sweeper, self.health = build_servers(options, self.runtime)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -138,7 +145,8 @@ class BackgroundController:
 
         marker = asyncio.create_task(mark_ready())
         try:
-            await run(self.options, runtime=self.runtime, stop_flag=self._stop, ready_flag=ready)
+            await run(self.options, runtime=self.runtime, sweeper=self.sweeper, health=self.health,
+                      stop_flag=self._stop, ready_flag=ready)
         finally:
             marker.cancel()
 
@@ -150,6 +158,18 @@ class BackgroundController:
                 pass
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.health.metrics_port}/metrics"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health.health_port}/healthz"
+
+    def sweep(self, timeout: float = 120.0) -> Any:
+        """Run one sweep now, on the controller's loop; returns its report (None if it failed)."""
+        return self.call(self.sweeper.run_once, timeout)
 
     def call(self, coro_factory: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run a coroutine on the controller's loop (e.g. a sweep) and wait for its result."""

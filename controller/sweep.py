@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import api
 from .cleanup import CleanupFailed, archive_and_stop_pods, clean_up, delete_child, post_event
@@ -54,7 +54,7 @@ class SweepReport:
     seconds: float = 0.0
 
 
-def classify(agents: list[Mapping[str, Any]], objects: Mapping[str, list[Mapping[str, Any]]],
+def classify(agents: Sequence[Mapping[str, Any]], objects: Mapping[str, Sequence[Mapping[str, Any]]],
              now: Any, archive_failing: set[str]) -> list[Leak]:
     """Pure: which managed objects should not exist, and why."""
     by_uid = {a["metadata"]["uid"]: a for a in agents}
@@ -213,10 +213,12 @@ class Sweeper:
         agent = leaks[0].agent
         assert agent is not None
         try:
-            await clean_up(rt, agent, trigger=api.TRIGGER_SWEEP, recheck=True)
+            outcome = await clean_up(rt, agent, trigger=api.TRIGGER_SWEEP, recheck=True)
         except (CleanupFailed, ApiError) as exc:
             report.errors.append(f"agent {agent['metadata']['name']}: {exc}")
             return
+        if outcome.already:
+            return    # the reconcile loop finished it first: nothing was reaped by the sweep
         for leak in leaks:
             report.reaped[leak.kind] += 1
             rt.metrics.leaks_reaped.labels(kind=leak.kind).inc()

@@ -1,0 +1,370 @@
+"""``agentctl run``: a correct PID 1 for agent containers.
+
+The supervisor
+
+* starts the agent command as a child in its own process group, inheriting stdin/stdout/stderr
+  (so output reaches the container log byte for byte, unbuffered);
+* blocks the signals it handles and takes them synchronously with ``sigtimedwait`` — no
+  asynchronous handlers, no races with ``waitpid``;
+* forwards SIGTERM, SIGINT, SIGHUP (and SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH) to the child's
+  process group;
+* reaps every process re-parented to it: as PID 1, or anywhere thanks to
+  ``PR_SET_CHILD_SUBREAPER``;
+* on SIGTERM gives the process tree the grace period (``AGENT_GRACE_SECONDS``, default 5, less a
+  small reserve for the final kill and check), then SIGKILLs the process group and every other
+  descendant psutil finds, and verifies that nothing survives (one line on stderr);
+* when the child exits on its own, terminates stray descendants the same way, reports
+  ``Completed``/``Failed`` to the Agent's status (only when ``AGENT_NAME`` is set) and exits with
+  the child's code (128+N when it was killed by signal N).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+DEFAULT_GRACE_SECONDS = 5.0
+MAX_RESERVE_SECONDS = 0.5
+"""Part of the grace period kept back for SIGKILL, reaping and the final check."""
+KILL_WAIT_SECONDS = 5.0
+"""How long to wait for SIGKILLed processes to disappear before declaring survivors."""
+REPORT_SECONDS = 5.0
+"""Total time spent retrying the final status report (API down) before giving up."""
+POLL_SECONDS = 1.0
+
+FORWARDED: tuple[signal.Signals, ...] = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+HANDLED: frozenset[int] = frozenset({*FORWARDED, signal.SIGCHLD})
+
+
+def say(line: str) -> None:
+    """Write one line to stderr, unbuffered, prefixed ``agentctl:``; never raise."""
+    try:
+        os.write(2, f"agentctl: {line}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux ``prctl``); True on success."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def grace_seconds(env: Mapping[str, str] | None = None) -> float:
+    """``AGENT_GRACE_SECONDS`` (set by the controller from ``spec.cleanup.gracePeriodSeconds``)."""
+    raw = (env if env is not None else os.environ).get("AGENT_GRACE_SECONDS", "").strip()
+    if not raw:
+        return DEFAULT_GRACE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        say(f"ignoring invalid AGENT_GRACE_SECONDS={raw!r}; using {DEFAULT_GRACE_SECONDS:g}")
+        return DEFAULT_GRACE_SECONDS
+    return value
+
+
+def tree_budget(grace: float) -> float:
+    """The part of the grace period the process tree gets (the rest is kept for kill and check)."""
+    return max(0.0, grace - min(MAX_RESERVE_SECONDS, grace * 0.1))
+
+
+def exit_code(wait_status: int) -> int:
+    """A shell-style exit code: the child's code, or 128+N when it was killed by signal N."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def _default_signals() -> list[int]:
+    """Every catchable classic signal: reset to the default action in the child."""
+    return sorted(
+        int(s)
+        for s in signal.valid_signals()
+        if int(s) < signal.SIGRTMIN and s not in (signal.SIGKILL, signal.SIGSTOP)
+    )
+
+
+@dataclass
+class Outcome:
+    """What happened to the supervised process tree."""
+
+    exit_code: int
+    exited_on_own: bool
+    """The child ended before any SIGTERM reached the supervisor."""
+    terminated: bool
+    """A SIGTERM reached the supervisor."""
+    reaped: int = 0
+    killed: int = 0
+    survivors: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs one command as a supervised child; see the module docstring."""
+
+    def __init__(self, argv: Sequence[str], grace: float | None = None) -> None:
+        if not argv:
+            raise ValueError("no command to run")
+        self.argv = list(argv)
+        self.grace = grace_seconds() if grace is None else grace
+        self.me = os.getpid()
+        self.child_pid = 0
+        self.child_status: int | None = None
+        self.reaped = 0
+        self.killed: set[int] = set()
+        self._tty_handed = False
+
+    # ------------------------------------------------------------------ processes
+
+    def _reap(self) -> None:
+        """Collect every exited child (ours or re-parented to us) without blocking."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            self.reaped += 1
+            if pid == self.child_pid:
+                self.child_status = status
+
+    def _tree(self) -> list[psutil.Process]:
+        """Live processes of the tree: our descendants plus anything left in the child's group."""
+        found: dict[int, psutil.Process] = {}
+        try:
+            for p in psutil.Process(self.me).children(recursive=True):
+                found[p.pid] = p
+        except psutil.Error:
+            pass
+        if self.child_pid and self._group_exists():
+            for pid in psutil.pids():
+                if pid in found or pid == self.me:
+                    continue
+                try:
+                    if os.getpgid(pid) == self.child_pid:
+                        found[pid] = psutil.Process(pid)
+                except (OSError, psutil.Error):
+                    continue
+        live: list[psutil.Process] = []
+        for p in found.values():
+            try:
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    continue  # already dead: we reap it, or its (live, listed) parent will be killed
+            except psutil.Error:
+                continue
+            live.append(p)
+        return live
+
+    def _group_exists(self) -> bool:
+        try:
+            os.killpg(self.child_pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.child_pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _signal_tree(self, sig: int) -> None:
+        """Signal the child's group and, once the child is gone, every other descendant too."""
+        self._signal_group(sig)
+        if self.child_status is None:
+            return
+        for p in self._tree():
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    def _kill_all(self) -> None:
+        """SIGKILL the whole tree until it is gone (or :data:`KILL_WAIT_SECONDS` pass), reaping."""
+        end = time.monotonic() + KILL_WAIT_SECONDS
+        while True:
+            self._reap()
+            left = self._tree()
+            if not left or time.monotonic() >= end:
+                return
+            self._signal_group(signal.SIGKILL)
+            for p in left:
+                try:
+                    p.kill()
+                    self.killed.add(p.pid)
+                except psutil.Error:
+                    pass
+            signal.sigtimedwait({signal.SIGCHLD}, 0.05)
+
+    # ------------------------------------------------------------------ terminal
+
+    def _give_tty(self) -> None:
+        """When we own the controlling terminal, make the child's group its foreground group."""
+        try:
+            if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+                os.tcsetpgrp(0, self.child_pid)
+                self._tty_handed = True
+        except OSError:
+            pass
+
+    def _take_tty(self) -> None:
+        if self._tty_handed:
+            try:
+                os.tcsetpgrp(0, os.getpgrp())
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> Outcome:
+        """Start the child, supervise it and its tree to the end; return the outcome."""
+        set_child_subreaper()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # never inherit SIG_IGN: it would auto-reap
+        for sig in (signal.SIGTTOU, signal.SIGTTIN):
+            signal.signal(sig, signal.SIG_IGN)  # we may write to a tty we handed to the child
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            return self._run()
+        finally:
+            self._take_tty()
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def _run(self) -> Outcome:
+        try:
+            self.child_pid = os.posix_spawnp(
+                self.argv[0],
+                self.argv,
+                os.environ,
+                setpgroup=0,
+                setsigmask=(),
+                setsigdef=_default_signals(),
+            )
+        except OSError as exc:
+            code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+            say(f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
+            return Outcome(exit_code=code, exited_on_own=True, terminated=False)
+        self._give_tty()
+
+        terminated = False
+        exited_on_own = False
+        strays_signalled = False
+        deadline: float | None = None
+        budget = tree_budget(self.grace)
+        while True:
+            self._reap()
+            now = time.monotonic()
+            if self.child_status is not None:
+                if not terminated:
+                    exited_on_own = True
+                left = self._tree()
+                if not left:
+                    break
+                if deadline is None:
+                    deadline = now + budget  # strays after a normal exit get the grace period too
+                if not strays_signalled:
+                    self._signal_tree(signal.SIGTERM)
+                    strays_signalled = True
+            if deadline is not None and now >= deadline:
+                break
+            timeout = POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - now))
+            info = signal.sigtimedwait(HANDLED, timeout)
+            if info is None or info.si_signo == signal.SIGCHLD:
+                continue
+            self._signal_tree(info.si_signo)
+            if info.si_signo == signal.SIGTERM:
+                terminated = True
+                end = time.monotonic() + budget
+                deadline = end if deadline is None else min(deadline, end)
+
+        had_strays = strays_signalled
+        self._kill_all()
+        self._reap()
+        survivors = []
+        for p in self._tree():
+            try:
+                survivors.append(f"{p.pid} ({p.name()}, {p.status()})")
+            except psutil.Error:
+                continue
+        if self.child_status is None:
+            code = 128 + signal.SIGKILL  # unkillable child: report as killed
+        else:
+            code = exit_code(self.child_status)
+        outcome = Outcome(
+            exit_code=code,
+            exited_on_own=exited_on_own,
+            terminated=terminated,
+            reaped=self.reaped,
+            killed=len(self.killed),
+            survivors=survivors,
+        )
+        if terminated or had_strays or survivors or self.killed:
+            say(verification_line(outcome))
+        return outcome
+
+
+def verification_line(o: Outcome) -> str:
+    """The one-line result of the final psutil check."""
+    if o.survivors:
+        return (
+            f"process tree NOT clean: {len(o.survivors)} descendants left: "
+            + ", ".join(o.survivors)
+            + f" ({o.reaped} reaped, {o.killed} killed)"
+        )
+    return f"process tree clean: 0 descendants left ({o.reaped} reaped, {o.killed} killed)"
+
+
+def report_exit(code: int, retry_seconds: float = REPORT_SECONDS) -> None:
+    """Report ``Completed``/``Failed`` for the child's exit code; failures only print one line."""
+    name = os.environ.get("AGENT_NAME", "").strip()
+    if not name:
+        return
+    phase = "Completed" if code == 0 else "Failed"
+    if code > 128 and code - 128 < signal.NSIG:
+        try:
+            signame = signal.Signals(code - 128).name
+        except ValueError:
+            signame = f"signal {code - 128}"
+        message = f"agent process was killed by {signame} (exit code {code})"
+    else:
+        message = f"agent process exited with code {code}"
+    try:
+        from controller.agentctl import status
+
+        result = status.report(phase, message=message, reason="ExitCode", retry_seconds=retry_seconds)
+    except Exception as exc:  # the exit code must never depend on the API
+        say(f"could not report {phase} (exit code {code}): {' '.join(str(exc).split())}")
+        return
+    if not result.written:
+        say(f"agent already reported {result.phase}; not reporting {phase} (exit code {code})")
+
+
+def run(argv: Sequence[str]) -> int:
+    """``agentctl run -- CMD ARGS...``: supervise, report the outcome, return the exit code."""
+    outcome = Supervisor(argv).run()
+    if outcome.exited_on_own:
+        report_exit(outcome.exit_code)
+    return outcome.exit_code

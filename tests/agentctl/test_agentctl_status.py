@@ -1,0 +1,310 @@
+"""``agentctl report`` / ``kill`` and the report of ``agentctl run``, against a tiny stand-in API.
+
+The stand-in serves only the Agent endpoints agentctl uses (GET/PATCH of ``agents`` and
+``agents/status``), enforces ``resourceVersion`` preconditions (409), the terminal-phase rule
+(422) and lets a test inject failures or a concurrent writer. RBAC and the real CRD rules are
+exercised against the project's API emulator in ``test_agentctl_api.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from agentctl_helpers import agentctl, clean_env, write_kubeconfig
+from controller.agentctl import status as st
+
+PATH_RE = re.compile(r"^/apis/agentcontroller\.dev/v1alpha1/namespaces/([^/]+)/agents/([^/?]+)(/status)?(\?.*)?$")
+TERMINAL = {"Completed", "Failed", "Error", "Terminated"}
+RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge(out.get(k), v)
+    return out
+
+
+class FakeAPI:
+    """Agent endpoints only; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rv = 100
+        self.requests: list[dict[str, Any]] = []
+        self.fail: list[int] = []  # status codes returned by the next requests
+        self.before_patch: Callable[["FakeAPI", dict[str, Any]], None] | None = None
+        self.lock = threading.Lock()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, msg: str) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "message": msg, "code": code})
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with api.lock:
+                    api.requests.append({"method": method, "path": self.path, "body": body,
+                                         "content_type": self.headers.get("Content-Type"),
+                                         "auth": self.headers.get("Authorization")})
+                    if api.fail:
+                        code = api.fail.pop(0)
+                        return self._status(code, f"injected {code}")
+                    m = PATH_RE.match(self.path)
+                    if not m:
+                        return self._status(404, "not found")
+                    key = (m.group(1), m.group(2))
+                    obj = api.objects.get(key)
+                    if obj is None:
+                        return self._status(404, f'agents.agentcontroller.dev "{key[1]}" not found')
+                    if method == "GET":
+                        return self._send(200, obj)
+                    if self.headers.get("Content-Type") != "application/merge-patch+json":
+                        return self._status(415, "unsupported patch type")
+                    if api.before_patch is not None:
+                        hook, api.before_patch = api.before_patch, None
+                        hook(api, obj)
+                    want_rv = ((body or {}).get("metadata") or {}).get("resourceVersion")
+                    if want_rv is not None and want_rv != obj["metadata"]["resourceVersion"]:
+                        return self._status(409, "the object has been modified")
+                    part = "status" if m.group(3) else "spec"
+                    new = merge(obj.get(part) or {}, (body or {}).get(part) or {})
+                    old_phase = (obj.get("status") or {}).get("phase")
+                    if part == "status" and old_phase in TERMINAL and new.get("phase") != old_phase:
+                        return self._status(422, "status.phase is terminal and cannot change")
+                    obj[part] = new
+                    api.bump(obj)
+                    return self._send(200, obj)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_PATCH(self) -> None:
+                self._handle("PATCH")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def bump(self, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+
+    def add_agent(self, ns: str, name: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        obj = {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent",
+               "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+               "spec": {"image": "x"}, "status": dict(status or {})}
+        with self.lock:
+            self.bump(obj)
+            self.objects[(ns, name)] = obj
+        return obj
+
+    def patches(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "PATCH"]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAPI]:
+    fake = FakeAPI()
+    kc = write_kubeconfig(tmp_path / "kubeconfig", fake.url, "agent-token", "team-a")
+    for k, v in clean_env(AGENT_NAME="a1", AGENT_NAMESPACE="team-a", KUBECONFIG=str(kc)).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    yield fake
+    fake.stop()
+
+
+def env_for(tmp_path: Path, api: FakeAPI, **extra: str) -> dict[str, str]:
+    kc = write_kubeconfig(tmp_path / "kubeconfig", api.url, "agent-token", "team-a")
+    return clean_env(AGENT_NAME="a1", AGENT_NAMESPACE="team-a", KUBECONFIG=str(kc), **extra)
+
+
+# ------------------------------------------------------------------ report
+
+
+def test_report_merge_patches_status_with_resource_version(api: FakeAPI) -> None:
+    agent = api.add_agent("team-a", "a1", {"phase": "Running", "reason": "PodRunning", "message": "pod up",
+                                           "podName": "a1"})
+    rv = agent["metadata"]["resourceVersion"]
+    res = st.report("Working", progress=40, message="halfway")
+    assert res.written and res.previous_phase == "Running"
+    s = api.objects[("team-a", "a1")]["status"]
+    assert s == {"phase": "Working", "progress": 40, "message": "halfway", "podName": "a1"}  # stale reason cleared
+    (patch,) = api.patches()
+    assert patch["path"].endswith("/namespaces/team-a/agents/a1/status")
+    assert patch["content_type"] == "application/merge-patch+json"
+    assert patch["body"]["metadata"] == {"resourceVersion": rv}
+    assert patch["auth"] == "Bearer agent-token"
+    assert "completionTime" not in patch["body"]["status"]
+
+
+def test_report_same_phase_keeps_message_and_updates_progress(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Working", "message": "step 1", "progress": 10})
+    st.report("Working", progress=50)
+    assert api.objects[("team-a", "a1")]["status"] == {"phase": "Working", "message": "step 1", "progress": 50}
+
+
+def test_terminal_report_sets_completion_time(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Working"})
+    st.report("Completed", progress=100, message="done", reason="TaskDone")
+    s = api.objects[("team-a", "a1")]["status"]
+    assert s["phase"] == "Completed" and s["reason"] == "TaskDone" and s["progress"] == 100
+    assert RFC3339_Z.match(s["completionTime"]), s["completionTime"]
+
+
+def test_terminal_phase_is_never_overwritten(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Completed", "completionTime": "2024-01-01T00:00:00Z"})
+    res = st.report("Failed", message="late")
+    assert not res.written and res.phase == "Completed"
+    r = agentctl("report", "--phase", "Working", env=env_for(tmp_path, api))
+    assert r.returncode == 0
+    assert r.stderr.decode().count("\n") == 1 and b"Completed" in r.stderr
+    assert api.patches() == []
+    assert api.objects[("team-a", "a1")]["status"]["phase"] == "Completed"
+
+
+def test_conflict_is_retried_with_a_fresh_read(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Running"})
+
+    def concurrent_writer(fake: FakeAPI, obj: dict[str, Any]) -> None:
+        obj["status"]["podName"] = "a1"
+        fake.bump(obj)
+
+    api.before_patch = concurrent_writer
+    assert st.report("Blocked", message="waiting for approval").written
+    assert len(api.patches()) == 2
+    assert api.objects[("team-a", "a1")]["status"] == {"phase": "Blocked", "message": "waiting for approval",
+                                                       "podName": "a1"}
+
+
+def test_conflict_with_a_terminal_write_does_not_overwrite_it(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Running"})
+
+    def controller_kills(fake: FakeAPI, obj: dict[str, Any]) -> None:
+        obj["status"].update(phase="Terminated", reason="Killed")
+        fake.bump(obj)
+
+    api.before_patch = controller_kills
+    res = st.report("Working")
+    assert not res.written and res.phase == "Terminated"
+    assert api.objects[("team-a", "a1")]["status"]["phase"] == "Terminated"
+
+
+def test_transient_errors_are_retried(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Running"})
+    api.fail = [503, 500, 429]
+    assert st.report("Working").written
+    assert api.objects[("team-a", "a1")]["status"]["phase"] == "Working"
+
+
+@pytest.mark.parametrize("code,text", [(403, "forbidden"), (404, "not found"), (422, "injected 422")])
+def test_permanent_errors_are_one_line_exit_1(api: FakeAPI, tmp_path: Path, code: int, text: str) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Running"})
+    api.fail = [code]
+    r = agentctl("report", "--phase", "Working", env=env_for(tmp_path, api))
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("agentctl: error: ") and text in err, err
+    assert "Traceback" not in err
+    assert len(api.requests) == 1  # not retried
+
+
+def test_report_of_missing_agent(api: FakeAPI, tmp_path: Path) -> None:
+    r = agentctl("report", "--phase", "Working", env=env_for(tmp_path, api))
+    assert r.returncode == 1
+    assert r.stderr == b"agentctl: error: cannot read status of agent team-a/a1: agent team-a/a1 not found\n"
+
+
+# ------------------------------------------------------------------ kill
+
+
+def test_kill_sets_spec_terminate(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-b", "other", {"phase": "Working"})
+    r = agentctl("kill", "other", "-n", "team-b", env=env_for(tmp_path, api))
+    assert r.returncode == 0, r.stderr
+    assert api.objects[("team-b", "other")]["spec"] == {"image": "x", "terminate": True}
+    (patch,) = api.patches()
+    assert patch["path"].endswith("/namespaces/team-b/agents/other")
+    assert patch["content_type"] == "application/merge-patch+json"
+    assert patch["body"] == {"spec": {"terminate": True}}
+
+
+def test_kill_defaults_to_the_kubeconfig_namespace(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-a", "b2")
+    r = agentctl("kill", "b2", env=env_for(tmp_path, api))
+    assert r.returncode == 0, r.stderr
+    assert api.objects[("team-a", "b2")]["spec"]["terminate"] is True
+
+
+def test_kill_missing_agent_is_one_line_error(api: FakeAPI, tmp_path: Path) -> None:
+    r = agentctl("kill", "nope", "-n", "x", env=env_for(tmp_path, api))
+    assert r.returncode == 1
+    assert r.stderr == b"agentctl: error: cannot kill agent x/nope: agent x/nope not found\n"
+
+
+# ------------------------------------------------------------------ run reports the exit
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_run_reports_the_exit(api: FakeAPI, tmp_path: Path, code: int) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Working", "progress": 70})
+    r = agentctl("run", "--", "sh", "-c", f"exit {code}", env=env_for(tmp_path, api))
+    assert r.returncode == code
+    assert r.stderr == b""
+    s = api.objects[("team-a", "a1")]["status"]
+    if code == 0:
+        assert s["phase"] == "Completed"
+    else:
+        assert s["phase"] == "Failed"
+        assert "3" in s["message"]
+    assert s["reason"] == "ExitCode"
+    assert RFC3339_Z.match(s["completionTime"])
+    assert s["progress"] == 70
+
+
+def test_run_does_not_overwrite_a_reported_terminal_phase(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Completed", "message": "all done"})
+    r = agentctl("run", "--", "sh", "-c", "exit 3", env=env_for(tmp_path, api))
+    assert r.returncode == 3
+    assert api.patches() == []
+    assert api.objects[("team-a", "a1")]["status"] == {"phase": "Completed", "message": "all done"}
+    assert b"already reported Completed" in r.stderr
+
+
+def test_run_retries_a_briefly_failing_api(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Working"})
+    api.fail = [503, 503]
+    r = agentctl("run", "--", "sh", "-c", "exit 5", env=env_for(tmp_path, api))
+    assert r.returncode == 5
+    assert api.objects[("team-a", "a1")]["status"]["phase"] == "Failed"

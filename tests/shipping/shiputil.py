@@ -1,0 +1,188 @@
+"""Helpers of the shipping tests: the Helm chart, plain manifests, alert rules, dashboard,
+Dockerfile and docs.
+
+The external tools come from `.tools/`, installed by `scripts/install-test-tools.sh`. When that
+directory is missing the tests that need a tool are skipped, with the reason, unless the
+environment variable CI is set: in CI a missing tool is a failure.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "agent-controller"
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+TOOLS = pathlib.Path(os.environ.get("AGENT_CONTROLLER_TOOLS", ROOT / ".tools"))
+TOOLS_BIN = TOOLS / "bin"
+VENV_PYTHON = TOOLS / "venv" / "bin" / "python"
+
+RELEASE = "agent-controller"
+NAMESPACE = "agent-controller"
+
+# SPEC §5, exactly.
+SPEC_METRICS = {
+    "agent_controller_agents": "gauge",
+    "agent_controller_phase_transitions_total": "counter",
+    "agent_controller_cleanups_total": "counter",
+    "agent_controller_cleanup_duration_seconds": "histogram",
+    "agent_controller_leaked_resources": "gauge",
+    "agent_controller_leaks_detected_total": "counter",
+    "agent_controller_leaks_reaped_total": "counter",
+    "agent_controller_archived_bytes_total": "counter",
+    "agent_controller_archive_errors_total": "counter",
+    "agent_controller_sweep_duration_seconds": "histogram",
+    "agent_controller_last_sweep_success_timestamp_seconds": "gauge",
+}
+
+
+def exposed_metric_names() -> set[str]:
+    """Every series name Prometheus can hold for the SPEC §5 metrics: counters as declared
+    (`..._total`, prometheus_client also exports `..._created`), histograms as
+    `_bucket`/`_sum`/`_count`, gauges as declared."""
+    names: set[str] = set()
+    for name, kind in SPEC_METRICS.items():
+        if kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return names
+
+
+def _missing_tools(names: list[str]) -> list[str]:
+    missing = []
+    for name in names:
+        path = VENV_PYTHON if name == "python" else TOOLS_BIN / name
+        if not (path.exists() and os.access(path, os.X_OK)):
+            missing.append(str(path))
+    return missing
+
+
+def require_tools(*names: str) -> None:
+    missing = _missing_tools(list(names))
+    if not missing:
+        return
+    message = f"missing {', '.join(missing)}: run scripts/install-test-tools.sh"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI is set, so the shipping tests must run)", pytrace=False)
+    pytest.skip(message)
+
+
+def tool(name: str) -> str:
+    require_tools(name)
+    return str(TOOLS_BIN / name)
+
+
+def run(cmd: list[str], *, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(TOOLS / "helm-home" / "cache"),
+        "HELM_CONFIG_HOME": str(TOOLS / "helm-home" / "config"),
+        "HELM_DATA_HOME": str(TOOLS / "helm-home" / "data"),
+        # Never reach for a cluster.
+        "KUBECONFIG": os.devnull,
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def helm_template(values: dict[str, Any] | None = None, *extra: str, check: bool = True,
+                  chart: pathlib.Path = CHART) -> subprocess.CompletedProcess[str]:
+    """`helm template` with these values, passed as a values file (typed exactly, unlike --set)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args: list[str] = []
+        if values:
+            path = pathlib.Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(values))
+            args = ["-f", str(path)]
+        return run([tool("helm"), "template", RELEASE, str(chart), "--namespace", NAMESPACE, *args, *extra],
+                   check=check)
+
+
+def helm_lint(values: dict[str, Any] | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        args: list[str] = []
+        if values:
+            path = pathlib.Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(values))
+            args = ["-f", str(path)]
+        return run([tool("helm"), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *args, *extra],
+                   check=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _render_cached(key: str) -> str:
+    values = yaml.safe_load(key)
+    return helm_template(values).stdout
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The documents `helm template` renders for these values (hooks included, CRDs not)."""
+    text = _render_cached(yaml.safe_dump(values or {}, sort_keys=True))
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render_text(values: dict[str, Any] | None = None) -> str:
+    return _render_cached(yaml.safe_dump(values or {}, sort_keys=True))
+
+
+def render_notes(values: dict[str, Any] | None = None) -> str:
+    """NOTES.txt as `helm install` would print it. `helm install --dry-run` needs a cluster, so
+    render it from a copy of the chart where NOTES.txt is wrapped into an ordinary template."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = pathlib.Path(tmp) / "agent-controller"
+        shutil.copytree(CHART, chart)
+        notes = (chart / "templates" / "NOTES.txt").read_text()
+        (chart / "templates" / "NOTES.txt").unlink()
+        (chart / "templates" / "_notes_render.tpl").write_text(
+            '{{- define "test.notes" -}}\n' + notes + "\n{{- end }}\n"
+        )
+        (chart / "templates" / "notes_render.yaml").write_text(
+            'kind: RenderedNotes\nnotes: {{ include "test.notes" . | toJson }}\n'
+        )
+        out = helm_template(values, "--show-only", "templates/notes_render.yaml", chart=chart).stdout
+        return str(yaml.safe_load(out)["notes"])
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def load_yaml_docs(path: pathlib.Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# The values the chart is rendered with in the tests: defaults and one case per feature.
+MATRIX: dict[str, dict[str, Any]] = {
+    "default": {},
+    "watch-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
+    "existing-claim": {"archive": {"persistence": {"existingClaim": "my-archive"}}},
+    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                   "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+    "no-persistence": {"archive": {"persistence": {"enabled": False}}},
+    "ha": {"replicas": 2, "archive": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
+    "ha-namespaced": {"replicas": 3, "watchNamespaces": ["team-a", "team-b"],
+                      "archive": {"persistence": {"accessModes": ["ReadWriteMany"], "storageClass": "nfs"}}},
+}
+
+# prometheus-operator kinds: no schema in kubernetes-validate, checked against data/*.schema.json.
+MONITORING_KINDS = {"ServiceMonitor": "servicemonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json"}
+PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}

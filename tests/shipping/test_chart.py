@@ -1,0 +1,378 @@
+"""The Helm chart: lint, what it renders for each case of the values matrix, NOTES.txt, and the
+values it rejects."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from .shiputil import (CHART, MATRIX, NAMESPACE, ROOT, by_kind, helm_lint, helm_template, load_yaml_docs, one,
+                       render, render_notes)
+
+FULLNAME = "agent-controller"
+ARCHIVE_DIR = "/var/lib/agent-controller/archive"
+
+# Exactly what the controller calls (issue #4); the RBAC sufficiency tests remove rules one by one.
+EXPECTED_RULES = [
+    {"apiGroups": ["agentcontroller.dev"], "resources": ["agents"],
+     "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": ["agentcontroller.dev"], "resources": ["agents/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["get", "list", "create", "delete"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
+     "verbs": ["get", "list", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+PEERING_CLUSTER_RULE = {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
+                        "verbs": ["get", "list", "watch", "patch"]}
+PEERING_NAMESPACED_RULE = {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"],
+                           "verbs": ["get", "list", "watch", "patch"]}
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deploy = one(docs, "Deployment")
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def volume(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (v,) = [v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
+    return v
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+# --- lint ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_helm_lint_strict(case: str) -> None:
+    proc = helm_lint(MATRIX[case])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    import tomllib
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "agent-controller"
+    assert chart["appVersion"] == version, "Chart.yaml appVersion must be the package version of pyproject.toml"
+
+
+def test_every_matrix_case_renders_parseable_yaml() -> None:
+    for case, values in MATRIX.items():
+        docs = render(values)
+        assert docs, case
+        for doc in docs:
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), (case, doc)
+
+
+# --- default install -------------------------------------------------------------------------------
+
+def test_default_install_objects() -> None:
+    docs = render()
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert kinds == sorted([
+        ("ServiceAccount", FULLNAME),
+        ("ClusterRole", FULLNAME),
+        ("ClusterRoleBinding", FULLNAME),
+        ("PersistentVolumeClaim", f"{FULLNAME}-archive"),
+        ("Service", FULLNAME),
+        ("Deployment", FULLNAME),
+    ])
+    for doc in docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
+        labels = doc["metadata"]["labels"]
+        # The sweep reaps objects labelled managed-by=agent-controller: never the controller itself.
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_rbac_is_exactly_the_controllers_calls() -> None:
+    docs = render()
+    role = one(docs, "ClusterRole")
+    assert role["rules"] == EXPECTED_RULES
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
+    for rule in role["rules"]:
+        assert not {"escalate", "bind", "impersonate", "*"} & set(rule["verbs"]), rule
+        assert "*" not in rule["resources"] and "secrets" not in rule["resources"], rule
+
+
+def test_deployment_security_probes_resources() -> None:
+    docs = render()
+    deploy = one(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}, "one controller at a time without peering"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(docs)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["image"] == "agent-controller:0.1.0"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 9102, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts == {"archive": ARCHIVE_DIR, "tmp": "/tmp"}
+    assert volume(docs, "archive") == {"name": "archive",
+                                       "persistentVolumeClaim": {"claimName": f"{FULLNAME}-archive"}}
+    assert "emptyDir" in volume(docs, "tmp")
+
+
+def test_default_controller_flags() -> None:
+    args = container(render())["args"]
+    assert "--all-namespaces" in args
+    assert "--namespace" not in args and "--peering" not in args
+    assert flag_values(args, "--archive-dir") == [ARCHIVE_DIR]
+    assert flag_values(args, "--metrics-port") == ["9102"]
+    assert flag_values(args, "--health-port") == ["8081"]
+    assert flag_values(args, "--sweep-interval") == ["60"]
+    assert flag_values(args, "--log-format") == ["text"]
+
+
+def test_flags_follow_values() -> None:
+    values = {"sweepInterval": 15, "logFormat": "json", "metricsPort": 9200, "healthPort": 8181}
+    docs = render(values)
+    c = container(docs)
+    args = c["args"]
+    assert flag_values(args, "--sweep-interval") == ["15"]
+    assert flag_values(args, "--log-format") == ["json"]
+    assert flag_values(args, "--metrics-port") == ["9200"]
+    assert flag_values(args, "--health-port") == ["8181"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9200, "health": 8181}
+    svc = one(docs, "Service")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_controller_cli_accepts_the_rendered_arguments() -> None:
+    """The chart's args parse with the real `agent-controller run` parser (when it exists)."""
+    cli = pytest.importorskip("controller.cli")
+    build_parser = getattr(cli, "build_parser", None)
+    if build_parser is None:
+        pytest.skip("controller.cli.build_parser is not there yet")
+    for case in ("default", "watch-namespaces", "ha", "ha-namespaced"):
+        args = container(render(MATRIX[case]))["args"]
+        parsed = build_parser().parse_args(["run", *args])
+        if case in ("watch-namespaces", "ha-namespaced"):
+            assert parsed.namespace == ["team-a", "team-b"]
+        if case.startswith("ha"):
+            assert parsed.peering == FULLNAME
+
+
+def test_pvc_kept_on_uninstall() -> None:
+    pvc = one(render(), "PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert "storageClassName" not in pvc["spec"]
+
+
+def test_pvc_storage_class() -> None:
+    pvc = one(render({"archive": {"persistence": {"storageClass": "fast", "size": "50Gi"}}}), "PersistentVolumeClaim")
+    assert pvc["spec"]["storageClassName"] == "fast"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    pvc = one(render({"archive": {"persistence": {"storageClass": "-"}}}), "PersistentVolumeClaim")
+    assert pvc["spec"]["storageClassName"] == ""
+
+
+def test_metrics_service() -> None:
+    svc = one(render(), "Service")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "agent-controller",
+                                       "app.kubernetes.io/instance": "agent-controller"}
+
+
+# --- matrix ----------------------------------------------------------------------------------------
+
+def test_watch_namespaces_roles_only_there() -> None:
+    docs = render(MATRIX["watch-namespaces"])
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    roles = by_kind(docs, "Role")
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for role in roles:
+        assert role["rules"] == EXPECTED_RULES, "Roles and the ClusterRole come from one helper"
+    for binding in bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    args = container(docs)["args"]
+    assert "--all-namespaces" not in args
+    i = args.index("--namespace")
+    assert args[i:i + 4] == ["--namespace", "team-a", "--namespace", "team-b"]
+
+
+def test_existing_claim() -> None:
+    docs = render(MATRIX["existing-claim"])
+    assert not by_kind(docs, "PersistentVolumeClaim")
+    assert volume(docs, "archive")["persistentVolumeClaim"] == {"claimName": "my-archive"}
+
+
+def test_persistence_disabled_uses_emptydir_and_warns() -> None:
+    docs = render(MATRIX["no-persistence"])
+    assert not by_kind(docs, "PersistentVolumeClaim")
+    assert "emptyDir" in volume(docs, "archive")
+    notes = render_notes(MATRIX["no-persistence"])
+    assert "WARNING" in notes and "emptyDir" in notes and "LOST" in notes
+    assert "WARNING" not in render_notes()
+
+
+def test_monitoring_objects() -> None:
+    docs = render(MATRIX["monitoring"])
+    sm = one(docs, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    svc = one(docs, "Service")
+    for key, value in sm["spec"]["selector"]["matchLabels"].items():
+        assert svc["metadata"]["labels"][key] == value, "the ServiceMonitor selects the metrics Service"
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+    rule = one(docs, "PrometheusRule")
+    plain = yaml.safe_load((ROOT / "deploy" / "prometheus" / "agent-controller-rules.yaml").read_text())
+    assert rule["spec"] == plain, "PrometheusRule and the plain rules file come from one source"
+
+    cm = one(docs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (key,) = cm["data"]
+    assert key.endswith(".json")
+    shipped = json.loads((ROOT / "deploy" / "grafana" / "agent-controller-dashboard.json").read_text())
+    assert json.loads(cm["data"][key]) == shipped
+
+
+def test_monitoring_off_by_default() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+
+
+def test_alert_rules_follow_values() -> None:
+    docs = render({"prometheusRule": {"enabled": True, "job": "custom-job", "additionalAlertLabels": {"team": "ml"}},
+                   "sweepInterval": 30})
+    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    by_name = {r["alert"]: r for r in rules}
+    assert by_name["AgentControllerSweepNotSucceeding"]["expr"].endswith("> 90")
+    for r in rules:
+        assert 'job="custom-job"' in r["expr"], r["alert"]
+        assert r["labels"]["team"] == "ml"
+        assert r["labels"]["severity"] in ("warning", "critical")
+
+
+def test_ha_peering() -> None:
+    docs = render(MATRIX["ha"])
+    deploy = one(docs, "Deployment")
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = container(docs)["args"]
+    assert flag_values(args, "--peering") == [FULLNAME]
+    peering = one(docs, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    assert peering["metadata"]["name"] == FULLNAME
+    assert one(docs, "ClusterRole")["rules"] == EXPECTED_RULES + [PEERING_CLUSTER_RULE]
+    assert one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "High availability" in render_notes(MATRIX["ha"])
+
+
+def test_ha_namespaced_peering() -> None:
+    docs = render(MATRIX["ha-namespaced"])
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    assert not by_kind(docs, "ClusterKopfPeering")
+    for role in by_kind(docs, "Role"):
+        assert role["rules"] == EXPECTED_RULES + [PEERING_NAMESPACED_RULE]
+    assert flag_values(container(docs)["args"], "--peering") == [FULLNAME]
+
+
+def test_peering_crds_shipped() -> None:
+    names = {d["metadata"]["name"] for d in load_yaml_docs(CHART / "crds" / "kopfpeerings.kopf.dev.yaml")}
+    assert names == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def test_peering_objects_match_their_crd() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    crds = {d["spec"]["names"]["kind"]: d for d in load_yaml_docs(CHART / "crds" / "kopfpeerings.kopf.dev.yaml")}
+    for case in ("ha", "ha-namespaced"):
+        for doc in render(MATRIX[case]):
+            if doc["kind"] in crds:
+                crd = crds[doc["kind"]]
+                assert doc["apiVersion"] == f"{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}"
+                assert ("namespace" in doc["metadata"]) == (crd["spec"]["scope"] == "Namespaced")
+                jsonschema.validate(doc, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+# --- NOTES.txt -------------------------------------------------------------------------------------
+
+def test_notes_first_agent_and_metrics() -> None:
+    notes = render_notes()
+    assert "kind: Agent" in notes and "apiVersion: agentcontroller.dev/v1alpha1" in notes
+    assert "kubectl" in notes and "get agents" in notes
+    assert "9102" in notes and "/metrics" in notes
+    assert f"service/{FULLNAME}" in notes
+    assert "{{" not in notes
+
+
+def test_notes_first_agent_is_a_valid_agent(crd_schema: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    notes = render_notes()
+    block = notes.split("<<'YAML'\n", 1)[1].split("YAML\n", 1)[0]
+    agent = yaml.safe_load("\n".join(line[5:] for line in block.splitlines()))
+    jsonschema.validate(agent, crd_schema)
+
+
+# --- values.schema.json ----------------------------------------------------------------------------
+
+REJECTED = {
+    "negative sweep interval": ({"sweepInterval": -5}, ["sweepInterval", "greater than or equal to 1"]),
+    "unknown log format": ({"logFormat": "xml"}, ["logFormat", '"text", "json"']),
+    "replicas > 1 with a ReadWriteOnce claim": (
+        {"replicas": 2}, ["replicas: Must be less than or equal to 1", "accessModes", '"ReadWriteMany"']),
+    "non-string image tag": ({"image": {"tag": 1.5}}, ["image.tag", "Expected: string"]),
+    "unknown value": ({"sweepIntervall": 30}, ["sweepIntervall", "not allowed"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_values_schema_rejects(case: str) -> None:
+    values, fragments = REJECTED[case]
+    for proc in (helm_lint(values), helm_template(values, check=False)):
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, f"{case}: accepted\n{output}"
+        assert "values don't meet the specifications of the schema" in output, output
+        for fragment in fragments:
+            assert fragment in output, f"{case}: {fragment!r} not in\n{output}"
+
+
+ACCEPTED = {
+    "string image tag": {"image": {"tag": "1.5"}},
+    "replicas 2 with ReadWriteMany": MATRIX["ha"],
+    "replicas 2 with an existing claim": {"replicas": 2, "archive": {"persistence": {"existingClaim": "shared"}}},
+    "replicas 2 without persistence": {"replicas": 2, "archive": {"persistence": {"enabled": False}}},
+    "json logs": {"logFormat": "json"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_values_schema_accepts(case: str) -> None:
+    proc = helm_lint(ACCEPTED[case])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_template_guard_without_schema_validation() -> None:
+    proc = helm_template({"replicas": 2}, "--skip-schema-validation", check=False)
+    assert proc.returncode != 0
+    assert "ReadWriteMany" in proc.stderr
