@@ -39,7 +39,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.worker_limit = None
+    settings.queueing.worker_limit = None
     settings.networking.request_timeout = 60
 
 

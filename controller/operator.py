@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -94,7 +95,9 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,
         standalone=options.peering is None,
-        peering_name=options.peering or "default",
+        peering_name=options.peering,
+        # Peers of equal priority all pause; a random one per replica elects exactly one active.
+        priority=random.randint(1, 1_000_000) if options.peering else 0,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )

@@ -7,6 +7,7 @@
 #                                                     rendered as a plain Prometheus rules file
 #   helm/agent-controller/crds/agents.agentcontroller.dev.yaml
 #                                                  <- copy of manifests/crd.yaml
+#   controller/data/crd.yaml                       <- copy of manifests/crd.yaml (for the demo)
 #   helm/agent-controller/files/agent-controller-dashboard.json
 #                                                  <- copy of deploy/grafana/agent-controller-dashboard.json
 #
@@ -44,11 +45,12 @@ export HELM_DATA_HOME="${HELM_DATA_HOME:-$ROOT/.tools/helm-home/data}"
 
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
-mkdir -p "$OUT/manifests" "$OUT/deploy/prometheus" "$OUT/helm/agent-controller/crds" \
+mkdir -p "$OUT/manifests" "$OUT/deploy/prometheus" "$OUT/helm/agent-controller/crds" "$OUT/controller/data" \
     "$OUT/helm/agent-controller/files"
 
 # 1. Copies.
 cp "$ROOT/manifests/crd.yaml" "$OUT/helm/agent-controller/crds/agents.agentcontroller.dev.yaml"
+cp "$ROOT/manifests/crd.yaml" "$OUT/controller/data/crd.yaml"
 cp "$ROOT/deploy/grafana/agent-controller-dashboard.json" \
     "$OUT/helm/agent-controller/files/agent-controller-dashboard.json"
 
@@ -101,6 +103,7 @@ FILES=(
     manifests/install.yaml
     deploy/prometheus/agent-controller-rules.yaml
     helm/agent-controller/crds/agents.agentcontroller.dev.yaml
+    controller/data/crd.yaml
     helm/agent-controller/files/agent-controller-dashboard.json
 )
 

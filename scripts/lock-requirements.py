@@ -8,6 +8,7 @@ environment (Linux, CPython 3.11: the Docker image's platform).
 
 Install the project first (pip install -e .) so the versions to lock are the ones tested.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,9 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only compare with requirements.lock")
     args = parser.parse_args()
     text = render()

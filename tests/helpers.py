@@ -113,7 +113,7 @@ def leftovers(api: Api, ns: str, selector: str) -> dict[str, list[str]]:
     return out
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05,
+def wait_for(predicate: Callable[[], Any], timeout: float = float(__import__("os").environ.get("WAIT_TIMEOUT", 60)), interval: float = 0.05,
              message: str = "condition") -> Any:
     """Poll until predicate() is truthy; the timeout is a failsafe, not an assertion on speed."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from controller import __version__
 from controller.agentctl.status import AGENT_PHASES, StatusError, UsageError
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = 1
     except KeyboardInterrupt:
         code = 130
-    except Exception as exc:  # one line, never a traceback
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         msg = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"agentctl: error: {type(exc).__name__}: {msg}\n")
         code = 1

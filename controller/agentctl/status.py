@@ -14,9 +14,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from controller import GROUP, PLURAL, VERSION
 
@@ -57,7 +58,7 @@ class ReportResult:
 
 def utc_now() -> str:
     """The current time in RFC 3339, UTC, with a ``Z`` suffix (second precision)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def validate_report(phase: str, progress: int | None, message: str | None, reason: str | None) -> None:
@@ -118,7 +119,7 @@ def default_namespace() -> str:
         _, active = config.list_kube_config_contexts(config_file=_kubeconfig_file())
         ns = (active or {}).get("context", {}).get("namespace")
         return str(ns) if ns else "default"
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken kubeconfig surfaces when it is loaded
         return "default"
 
 
@@ -181,7 +182,7 @@ def _with_retries(call: Callable[[float], T], deadline: float) -> T:
         timeout = max(0.5, min(REQUEST_TIMEOUT, remaining))
         try:
             return call(timeout)
-        except Exception as exc:
+        except Exception as exc:  # classified by _transient, re-raised when permanent
             if not _transient(exc) or time.monotonic() + delay >= deadline:
                 raise
             time.sleep(delay)
@@ -228,23 +229,25 @@ def report(
         co = client.CustomObjectsApi(api)
         for _ in range(CONFLICT_RETRIES):
             try:
-                current = _with_retries(
+                current: Any = _with_retries(
                     lambda t: co.get_namespaced_custom_object_status(
                         GROUP, VERSION, ns, PLURAL, name, _request_timeout=t
                     ),
                     deadline,
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
                 raise _describe(exc, f"cannot read status of agent {ns}/{name}", ns, name) from None
-            status: dict[str, Any] = (current or {}).get("status") or {}
+            if not isinstance(current, dict):
+                raise StatusError(f"cannot read status of agent {ns}/{name}: unexpected response")
+            status: dict[str, Any] = current.get("status") or {}
             old_phase = status.get("phase")
             if old_phase in TERMINAL_PHASES:
                 return ReportResult(written=False, phase=str(old_phase), previous_phase=str(old_phase))
-            rv = ((current or {}).get("metadata") or {}).get("resourceVersion")
+            rv = (current.get("metadata") or {}).get("resourceVersion")
             body = _status_patch(phase, progress, message, reason, changed=old_phase != phase, rv=rv)
             try:
                 _with_retries(
-                    lambda t: co.patch_namespaced_custom_object_status(
+                    lambda t, body=body: co.patch_namespaced_custom_object_status(  # type: ignore[misc]
                         GROUP,
                         VERSION,
                         ns,
@@ -256,7 +259,7 @@ def report(
                     ),
                     deadline,
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
                 if _is_api_exception(exc) and _api_status(exc) == 409:
                     continue  # someone wrote in between: re-read and decide again
                 raise _describe(exc, f"cannot report {phase} for agent {ns}/{name}", ns, name) from None
@@ -316,7 +319,7 @@ def kill(name: str, namespace: str, *, retry_seconds: float = 10.0) -> None:
                 ),
                 deadline,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
             raise _describe(exc, f"cannot kill agent {namespace}/{name}", namespace, name) from None
     finally:
         api.close()

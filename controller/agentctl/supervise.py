@@ -25,8 +25,8 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import psutil
 
@@ -233,6 +233,7 @@ class Supervisor:
 
     def _take_tty(self) -> None:
         if self._tty_handed:
+            self._tty_handed = False
             try:
                 os.tcsetpgrp(0, os.getpgrp())
             except OSError:
@@ -240,17 +241,29 @@ class Supervisor:
 
     # ------------------------------------------------------------------ main loop
 
-    def run(self) -> Outcome:
-        """Start the child, supervise it and its tree to the end; return the outcome."""
+    def run(self, then: Callable[[Outcome], None] | None = None) -> Outcome:
+        """Start the child, supervise it and its tree to the end; return the outcome.
+
+        ``then(outcome)`` runs before the signal mask is restored, so a SIGTERM arriving
+        meanwhile (e.g. while reporting) cannot kill us and change the exit code; signals still
+        pending at the end are discarded.
+        """
         set_child_subreaper()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # never inherit SIG_IGN: it would auto-reap
         for sig in (signal.SIGTTOU, signal.SIGTTIN):
             signal.signal(sig, signal.SIG_IGN)  # we may write to a tty we handed to the child
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
-            return self._run()
+            outcome = self._run()
+            self._take_tty()
+            if then is not None:
+                then(outcome)
+            return outcome
         finally:
             self._take_tty()
+            for _ in range(len(HANDLED)):
+                if signal.sigtimedwait(HANDLED, 0) is None:
+                    break
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def _run(self) -> Outcome:
@@ -355,7 +368,7 @@ def report_exit(code: int, retry_seconds: float = REPORT_SECONDS) -> None:
         from controller.agentctl import status
 
         result = status.report(phase, message=message, reason="ExitCode", retry_seconds=retry_seconds)
-    except Exception as exc:  # the exit code must never depend on the API
+    except Exception as exc:  # noqa: BLE001 - the exit code must never depend on the API
         say(f"could not report {phase} (exit code {code}): {' '.join(str(exc).split())}")
         return
     if not result.written:
@@ -364,7 +377,9 @@ def report_exit(code: int, retry_seconds: float = REPORT_SECONDS) -> None:
 
 def run(argv: Sequence[str]) -> int:
     """``agentctl run -- CMD ARGS...``: supervise, report the outcome, return the exit code."""
-    outcome = Supervisor(argv).run()
-    if outcome.exited_on_own:
-        report_exit(outcome.exit_code)
-    return outcome.exit_code
+
+    def report(outcome: Outcome) -> None:
+        if outcome.exited_on_own:
+            report_exit(outcome.exit_code)
+
+    return Supervisor(argv).run(then=report).exit_code

@@ -1,0 +1,17 @@
+"""In-process Kubernetes API emulator + simulated kubelet (demo, tests, benchmarks).
+
+See docs/ARCHITECTURE.md ("devcluster: the contract")::
+
+    from controller.devcluster import DevCluster
+
+    cluster = DevCluster().start()
+    cluster.apply_file("manifests/crd.yaml")
+    kubeconfig = cluster.kubeconfig_path("/tmp/kc")
+    ...
+    cluster.stop()
+"""
+
+from .server import DevCluster, Fault, Faults
+from .store import ApiError
+
+__all__ = ["ApiError", "DevCluster", "Fault", "Faults"]

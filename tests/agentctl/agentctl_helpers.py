@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 REPO = Path(__file__).resolve().parents[2]
 AGENTCTL = [sys.executable, "-m", "controller.agentctl.cli"]
 DEADLINE = 60.0
@@ -36,6 +35,7 @@ def agentctl(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subpro
         env=env if env is not None else clean_env(),
         cwd=REPO,
         capture_output=True,
+        check=False,
         timeout=DEADLINE,
         **kw,
     )

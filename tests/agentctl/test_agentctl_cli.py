@@ -6,8 +6,8 @@ import os
 import re
 
 import pytest
-
 from agentctl_helpers import agentctl, clean_env
+
 from controller.agentctl import status as st
 from controller.agentctl import supervise as sv
 
@@ -69,7 +69,7 @@ def test_validate_report() -> None:
     for bad in [("Terminated", None, None, None), ("Working", 101, None, None), ("Working", None, None, "bad reason"),
                 ("Working", None, "x" * 40000, None)]:
         with pytest.raises(st.UsageError):
-            st.validate_report(*bad)  # type: ignore[arg-type]
+            st.validate_report(*bad)
 
 
 def test_status_patch_shape() -> None:
@@ -98,8 +98,9 @@ def test_exit_code_and_grace_helpers() -> None:
 
 
 def test_default_namespace_from_kubeconfig(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentctl_helpers import write_kubeconfig
     from pathlib import Path
+
+    from agentctl_helpers import write_kubeconfig
 
     kc = write_kubeconfig(Path(tmp_path) / "kc", "http://127.0.0.1:1", "t", "team-z")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

@@ -12,7 +12,6 @@ from typing import Any
 
 import psutil
 import pytest
-
 from agentctl_helpers import DEADLINE, REPO, agentctl, clean_env, write_kubeconfig
 
 PY = sys.executable
@@ -154,11 +153,11 @@ def test_sigterm_when_tree_honours_it_exits_without_waiting_for_grace(spawn: Any
 def test_sigint_and_sighup_are_forwarded_to_the_process_group(spawn: Any, script: Any) -> None:
     child = script(
         """
-import signal, subprocess, sys, time
+import os, signal, subprocess, sys, time
 GC = '''
-import signal, sys, time
+import os, signal, sys, time
 def h(s, f):
-    print("grandchild got", signal.Signals(s).name, flush=True)
+    os.write(1, ("grandchild got " + signal.Signals(s).name + chr(10)).encode())  # one write
     sys.exit(0)
 signal.signal(signal.SIGHUP, h)
 print("grandchild ready", flush=True)
@@ -168,7 +167,7 @@ while True:
 got = []
 def h(s, f):
     got.append(s)
-    print("child got", signal.Signals(s).name, flush=True)
+    os.write(1, ("child got " + signal.Signals(s).name + chr(10)).encode())
 for s in (signal.SIGHUP, signal.SIGINT):
     signal.signal(s, h)
 gc = subprocess.Popen([sys.executable, "-c", GC])
@@ -276,6 +275,7 @@ def _pid_namespaces_work() -> bool:
             ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", "test $$ -eq 1"],
             capture_output=True,
             timeout=20,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -297,6 +297,7 @@ def test_as_pid1_orphans_are_reaped(script: Any) -> None:
         cwd=REPO,
         capture_output=True,
         timeout=DEADLINE,
+        check=False,
     )
     assert r.returncode == 0, r.stderr
     assert _pids_from(r.stdout, b"supervisor pid ") == [1]
@@ -327,7 +328,7 @@ def test_as_pid1_sigterm_kills_the_tree_after_grace(script: Any) -> None:
         host_tree = [p for p in pid1.children(recursive=True)]
         assert len(host_tree) >= 4  # child + 3 grandchildren
         pid1.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=DEADLINE)
+        _, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -363,3 +364,21 @@ def test_report_failure_never_changes_the_exit_code(tmp_path: Any) -> None:
     assert time.monotonic() - t0 < 45
     lines = r.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("agentctl: could not report Failed (exit code 3)"), lines
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` to get a pseudo-terminal")
+def test_interactive_child_can_read_the_terminal() -> None:
+    # Under a pty the child's process group must become the terminal's foreground group,
+    # otherwise its read from the terminal stops it with SIGTTIN.
+    inner = f"{PY} -m controller.agentctl.cli run -- sh -c 'read x; echo got:$x; exit 7'"
+    r = subprocess.run(
+        ["script", "-qec", inner, "/dev/null"],
+        input=b"hello\n",
+        env=clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert b"got:hello" in r.stdout, r
+    assert r.returncode == 7

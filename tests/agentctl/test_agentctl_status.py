@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from agentctl_helpers import DEADLINE, agentctl, clean_env, popen_agentctl, write_kubeconfig
 
-from agentctl_helpers import agentctl, clean_env, write_kubeconfig
 from controller.agentctl import status as st
 
 PATH_RE = re.compile(r"^/apis/agentcontroller\.dev/v1alpha1/namespaces/([^/]+)/agents/([^/?]+)(/status)?(\?.*)?$")
@@ -46,8 +49,10 @@ class FakeAPI:
         self.rv = 100
         self.requests: list[dict[str, Any]] = []
         self.fail: list[int] = []  # status codes returned by the next requests
-        self.before_patch: Callable[["FakeAPI", dict[str, Any]], None] | None = None
+        self.delay = 0.0  # seconds each response is held back
+        self.before_patch: Callable[[FakeAPI, dict[str, Any]], None] | None = None
         self.lock = threading.Lock()
+        self.arrived = 0
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +74,9 @@ class FakeAPI:
             def _handle(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
+                with api.lock:
+                    api.arrived += 1
+                time.sleep(api.delay)
                 with api.lock:
                     api.requests.append({"method": method, "path": self.path, "body": body,
                                          "content_type": self.headers.get("Content-Type"),
@@ -110,7 +118,7 @@ class FakeAPI:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def bump(self, obj: dict[str, Any]) -> None:
@@ -307,4 +315,18 @@ def test_run_retries_a_briefly_failing_api(api: FakeAPI, tmp_path: Path) -> None
     api.fail = [503, 503]
     r = agentctl("run", "--", "sh", "-c", "exit 5", env=env_for(tmp_path, api))
     assert r.returncode == 5
+    assert api.objects[("team-a", "a1")]["status"]["phase"] == "Failed"
+
+
+def test_sigterm_while_reporting_does_not_change_the_exit_code(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Working"})
+    api.delay = 1.0
+    proc = popen_agentctl("run", "--", "sh", "-c", "exit 3", env=env_for(tmp_path, api))
+    end = time.monotonic() + DEADLINE
+    while api.arrived == 0 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert api.arrived > 0, "agentctl never reported"
+    proc.send_signal(signal.SIGTERM)  # the pod is being deleted while agentctl reports
+    _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 3, err
     assert api.objects[("team-a", "a1")]["status"]["phase"] == "Failed"

@@ -1,4 +1,5 @@
 """Fixtures of the shipping tests (helpers: shiputil.py)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,10 +1,12 @@
 """Helpers of the shipping tests: the Helm chart, plain manifests, alert rules, dashboard,
 Dockerfile and docs.
 
-The external tools come from `.tools/`, installed by `scripts/install-test-tools.sh`. When that
-directory is missing the tests that need a tool are skipped, with the reason, unless the
-environment variable CI is set: in CI a missing tool is a failure.
+The external tools come from `.tools/` (or $AGENT_CONTROLLER_TOOLS), installed by
+`scripts/install-test-tools.sh`. When that directory is missing the tests that need a tool are
+skipped, with the reason, unless the environment variable CI is set: in CI, or when the directory
+exists but lacks a tool, a missing tool is a failure.
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,9 +73,10 @@ def require_tools(*names: str) -> None:
     if not missing:
         return
     message = f"missing {', '.join(missing)}: run scripts/install-test-tools.sh"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set, so the shipping tests must run)", pytrace=False)
-    pytest.skip(message)
+    if not TOOLS.is_dir() and not os.environ.get("CI"):
+        pytest.skip(message)
+    reason = "CI is set, so the shipping tests must run" if os.environ.get("CI") else f"{TOOLS} is incomplete"
+    pytest.fail(f"{message} ({reason})", pytrace=False)
 
 
 def tool(name: str) -> str:
@@ -81,7 +84,9 @@ def tool(name: str) -> str:
     return str(TOOLS_BIN / name)
 
 
-def run(cmd: list[str], *, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], *, check: bool = True, env_extra: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "HELM_CACHE_HOME": str(TOOLS / "helm-home" / "cache"),
@@ -89,17 +94,20 @@ def run(cmd: list[str], *, check: bool = True, **kwargs: Any) -> subprocess.Comp
         "HELM_DATA_HOME": str(TOOLS / "helm-home" / "data"),
         # Never reach for a cluster.
         "KUBECONFIG": os.devnull,
+        **(env_extra or {}),
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
         )
     return proc
 
 
-def helm_template(values: dict[str, Any] | None = None, *extra: str, check: bool = True,
-                  chart: pathlib.Path = CHART) -> subprocess.CompletedProcess[str]:
+def helm_template(
+    values: dict[str, Any] | None = None, *extra: str, check: bool = True, chart: pathlib.Path = CHART
+) -> subprocess.CompletedProcess[str]:
     """`helm template` with these values, passed as a values file (typed exactly, unlike --set)."""
     with tempfile.TemporaryDirectory() as tmp:
         args: list[str] = []
@@ -107,8 +115,10 @@ def helm_template(values: dict[str, Any] | None = None, *extra: str, check: bool
             path = pathlib.Path(tmp) / "values.yaml"
             path.write_text(yaml.safe_dump(values))
             args = ["-f", str(path)]
-        return run([tool("helm"), "template", RELEASE, str(chart), "--namespace", NAMESPACE, *args, *extra],
-                   check=check)
+        return run(
+            [tool("helm"), "template", RELEASE, str(chart), "--namespace", NAMESPACE, *args, *extra],
+            check=check,
+        )
 
 
 def helm_lint(values: dict[str, Any] | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -118,11 +128,13 @@ def helm_lint(values: dict[str, Any] | None = None, *extra: str) -> subprocess.C
             path = pathlib.Path(tmp) / "values.yaml"
             path.write_text(yaml.safe_dump(values))
             args = ["-f", str(path)]
-        return run([tool("helm"), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *args, *extra],
-                   check=False)
+        return run(
+            [tool("helm"), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *args, *extra],
+            check=False,
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_cached(key: str) -> str:
     values = yaml.safe_load(key)
     return helm_template(values).stdout
@@ -175,14 +187,41 @@ MATRIX: dict[str, dict[str, Any]] = {
     "default": {},
     "watch-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
     "existing-claim": {"archive": {"persistence": {"existingClaim": "my-archive"}}},
-    "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
-                   "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
     "no-persistence": {"archive": {"persistence": {"enabled": False}}},
     "ha": {"replicas": 2, "archive": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
-    "ha-namespaced": {"replicas": 3, "watchNamespaces": ["team-a", "team-b"],
-                      "archive": {"persistence": {"accessModes": ["ReadWriteMany"], "storageClass": "nfs"}}},
+    "ha-namespaced": {
+        "replicas": 3,
+        "watchNamespaces": ["team-a", "team-b"],
+        "archive": {"persistence": {"accessModes": ["ReadWriteMany"], "storageClass": "nfs"}},
+    },
 }
 
 # prometheus-operator kinds: no schema in kubernetes-validate, checked against data/*.schema.json.
-MONITORING_KINDS = {"ServiceMonitor": "servicemonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json"}
+MONITORING_KINDS = {
+    "ServiceMonitor": "servicemonitor.schema.json",
+    "PrometheusRule": "prometheusrule.schema.json",
+}
 PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
+
+
+def promql_analyse(exprs: list[str]) -> list[dict[str, Any]]:
+    """Parse PromQL with promql-parser (in the tools' virtualenv): error and metric names of each."""
+    import json
+
+    require_tools("python")
+    script = pathlib.Path(__file__).with_name("promql_names.py")
+    proc = subprocess.run(
+        [str(VENV_PYTHON), str(script)],
+        input=json.dumps(exprs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(proc.stdout))

@@ -1,5 +1,6 @@
 """The Helm chart: lint, what it renders for each case of the values matrix, NOTES.txt, and the
 values it rejects."""
+
 from __future__ import annotations
 
 import json
@@ -8,29 +9,56 @@ from typing import Any
 import pytest
 import yaml
 
-from .shiputil import (CHART, MATRIX, NAMESPACE, ROOT, by_kind, helm_lint, helm_template, load_yaml_docs, one,
-                       render, render_notes)
+from .shiputil import (
+    CHART,
+    MATRIX,
+    NAMESPACE,
+    ROOT,
+    by_kind,
+    helm_lint,
+    helm_template,
+    load_yaml_docs,
+    one,
+    render,
+    render_notes,
+)
 
 FULLNAME = "agent-controller"
 ARCHIVE_DIR = "/var/lib/agent-controller/archive"
 
 # Exactly what the controller calls (issue #4); the RBAC sufficiency tests remove rules one by one.
 EXPECTED_RULES = [
-    {"apiGroups": ["agentcontroller.dev"], "resources": ["agents"],
-     "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {
+        "apiGroups": ["agentcontroller.dev"],
+        "resources": ["agents"],
+        "verbs": ["get", "list", "watch", "patch", "delete"],
+    },
     {"apiGroups": ["agentcontroller.dev"], "resources": ["agents/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["get", "list", "create", "delete"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
-     "verbs": ["get", "list", "create", "delete"]},
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps", "serviceaccounts"],
+        "verbs": ["get", "list", "create", "delete"],
+    },
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles", "rolebindings"],
+        "verbs": ["get", "list", "create", "delete"],
+    },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
-PEERING_CLUSTER_RULE = {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
-                        "verbs": ["get", "list", "watch", "patch"]}
-PEERING_NAMESPACED_RULE = {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"],
-                           "verbs": ["get", "list", "watch", "patch"]}
+PEERING_CLUSTER_RULE = {
+    "apiGroups": ["kopf.dev"],
+    "resources": ["clusterkopfpeerings"],
+    "verbs": ["get", "list", "watch", "patch"],
+}
+PEERING_NAMESPACED_RULE = {
+    "apiGroups": ["kopf.dev"],
+    "resources": ["kopfpeerings"],
+    "verbs": ["get", "list", "watch", "patch"],
+}
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -50,6 +78,7 @@ def flag_values(args: list[str], flag: str) -> list[str]:
 
 # --- lint ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", sorted(MATRIX))
 def test_helm_lint_strict(case: str) -> None:
     proc = helm_lint(MATRIX[case])
@@ -60,10 +89,13 @@ def test_helm_lint_strict(case: str) -> None:
 def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     import tomllib
+
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "agent-controller"
-    assert chart["appVersion"] == version, "Chart.yaml appVersion must be the package version of pyproject.toml"
+    assert chart["appVersion"] == version, (
+        "Chart.yaml appVersion must be the package version of pyproject.toml"
+    )
 
 
 def test_every_matrix_case_renders_parseable_yaml() -> None:
@@ -76,17 +108,20 @@ def test_every_matrix_case_renders_parseable_yaml() -> None:
 
 # --- default install -------------------------------------------------------------------------------
 
+
 def test_default_install_objects() -> None:
     docs = render()
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
-    assert kinds == sorted([
-        ("ServiceAccount", FULLNAME),
-        ("ClusterRole", FULLNAME),
-        ("ClusterRoleBinding", FULLNAME),
-        ("PersistentVolumeClaim", f"{FULLNAME}-archive"),
-        ("Service", FULLNAME),
-        ("Deployment", FULLNAME),
-    ])
+    assert kinds == sorted(
+        [
+            ("ServiceAccount", FULLNAME),
+            ("ClusterRole", FULLNAME),
+            ("ClusterRoleBinding", FULLNAME),
+            ("PersistentVolumeClaim", f"{FULLNAME}-archive"),
+            ("Service", FULLNAME),
+            ("Deployment", FULLNAME),
+        ]
+    )
     for doc in docs:
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
@@ -100,7 +135,11 @@ def test_rbac_is_exactly_the_controllers_calls() -> None:
     role = one(docs, "ClusterRole")
     assert role["rules"] == EXPECTED_RULES
     binding = one(docs, "ClusterRoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": FULLNAME,
+    }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     for rule in role["rules"]:
@@ -131,8 +170,10 @@ def test_deployment_security_probes_resources() -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts == {"archive": ARCHIVE_DIR, "tmp": "/tmp"}
-    assert volume(docs, "archive") == {"name": "archive",
-                                       "persistentVolumeClaim": {"claimName": f"{FULLNAME}-archive"}}
+    assert volume(docs, "archive") == {
+        "name": "archive",
+        "persistentVolumeClaim": {"claimName": f"{FULLNAME}-archive"},
+    }
     assert "emptyDir" in volume(docs, "tmp")
 
 
@@ -158,7 +199,9 @@ def test_flags_follow_values() -> None:
     assert flag_values(args, "--health-port") == ["8181"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9200, "health": 8181}
     svc = one(docs, "Service")
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}
+    ]
 
 
 def test_controller_cli_accepts_the_rendered_arguments() -> None:
@@ -185,7 +228,10 @@ def test_pvc_kept_on_uninstall() -> None:
 
 
 def test_pvc_storage_class() -> None:
-    pvc = one(render({"archive": {"persistence": {"storageClass": "fast", "size": "50Gi"}}}), "PersistentVolumeClaim")
+    pvc = one(
+        render({"archive": {"persistence": {"storageClass": "fast", "size": "50Gi"}}}),
+        "PersistentVolumeClaim",
+    )
     assert pvc["spec"]["storageClassName"] == "fast"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
     pvc = one(render({"archive": {"persistence": {"storageClass": "-"}}}), "PersistentVolumeClaim")
@@ -194,12 +240,17 @@ def test_pvc_storage_class() -> None:
 
 def test_metrics_service() -> None:
     svc = one(render(), "Service")
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}]
-    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "agent-controller",
-                                       "app.kubernetes.io/instance": "agent-controller"}
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "agent-controller",
+        "app.kubernetes.io/instance": "agent-controller",
+    }
 
 
 # --- matrix ----------------------------------------------------------------------------------------
+
 
 def test_watch_namespaces_roles_only_there() -> None:
     docs = render(MATRIX["watch-namespaces"])
@@ -211,12 +262,16 @@ def test_watch_namespaces_roles_only_there() -> None:
     for role in roles:
         assert role["rules"] == EXPECTED_RULES, "Roles and the ClusterRole come from one helper"
     for binding in bindings:
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": FULLNAME,
+        }
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     args = container(docs)["args"]
     assert "--all-namespaces" not in args
     i = args.index("--namespace")
-    assert args[i:i + 4] == ["--namespace", "team-a", "--namespace", "team-b"]
+    assert args[i : i + 4] == ["--namespace", "team-a", "--namespace", "team-b"]
 
 
 def test_existing_claim() -> None:
@@ -263,8 +318,12 @@ def test_monitoring_off_by_default() -> None:
 
 
 def test_alert_rules_follow_values() -> None:
-    docs = render({"prometheusRule": {"enabled": True, "job": "custom-job", "additionalAlertLabels": {"team": "ml"}},
-                   "sweepInterval": 30})
+    docs = render(
+        {
+            "prometheusRule": {"enabled": True, "job": "custom-job", "additionalAlertLabels": {"team": "ml"}},
+            "sweepInterval": 30,
+        }
+    )
     rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
     by_name = {r["alert"]: r for r in rules}
     assert by_name["AgentControllerSweepNotSucceeding"]["expr"].endswith("> 90")
@@ -305,7 +364,9 @@ def test_peering_crds_shipped() -> None:
 
 def test_peering_objects_match_their_crd() -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    crds = {d["spec"]["names"]["kind"]: d for d in load_yaml_docs(CHART / "crds" / "kopfpeerings.kopf.dev.yaml")}
+    crds = {
+        d["spec"]["names"]["kind"]: d for d in load_yaml_docs(CHART / "crds" / "kopfpeerings.kopf.dev.yaml")
+    }
     for case in ("ha", "ha-namespaced"):
         for doc in render(MATRIX[case]):
             if doc["kind"] in crds:
@@ -316,6 +377,7 @@ def test_peering_objects_match_their_crd() -> None:
 
 
 # --- NOTES.txt -------------------------------------------------------------------------------------
+
 
 def test_notes_first_agent_and_metrics() -> None:
     notes = render_notes()
@@ -340,7 +402,9 @@ REJECTED = {
     "negative sweep interval": ({"sweepInterval": -5}, ["sweepInterval", "greater than or equal to 1"]),
     "unknown log format": ({"logFormat": "xml"}, ["logFormat", '"text", "json"']),
     "replicas > 1 with a ReadWriteOnce claim": (
-        {"replicas": 2}, ["replicas: Must be less than or equal to 1", "accessModes", '"ReadWriteMany"']),
+        {"replicas": 2},
+        ["replicas: Must be less than or equal to 1", "accessModes", '"ReadWriteMany"'],
+    ),
     "non-string image tag": ({"image": {"tag": 1.5}}, ["image.tag", "Expected: string"]),
     "unknown value": ({"sweepIntervall": 30}, ["sweepIntervall", "not allowed"]),
 }
@@ -360,7 +424,10 @@ def test_values_schema_rejects(case: str) -> None:
 ACCEPTED = {
     "string image tag": {"image": {"tag": "1.5"}},
     "replicas 2 with ReadWriteMany": MATRIX["ha"],
-    "replicas 2 with an existing claim": {"replicas": 2, "archive": {"persistence": {"existingClaim": "shared"}}},
+    "replicas 2 with an existing claim": {
+        "replicas": 2,
+        "archive": {"persistence": {"existingClaim": "shared"}},
+    },
     "replicas 2 without persistence": {"replicas": 2, "archive": {"persistence": {"enabled": False}}},
     "json logs": {"logFormat": "json"},
 }
