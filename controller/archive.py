@@ -68,17 +68,32 @@ class Archive:
         size = sum(f["size"] for f in manifest["files"]) + (directory / MANIFEST).stat().st_size
         return ArchiveResult(directory, files, size, already_existed=True)
 
-    def begin(self, directory: Path) -> "PendingArchive":
-        """Create the temporary directory (this is also the writability check)."""
+    def begin(self, directory: Path, salvage: bool = False) -> "PendingArchive":
+        """Create the temporary directory (this is also the writability check).
+
+        A partial archive left by an interrupted run is discarded — or, with `salvage` (the pod and
+        its logs are gone, so streaming again is impossible), its log files are kept and finished.
+        """
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
-            for stale in directory.parent.glob(f".{directory.name}{PARTIAL_MARK}*"):
-                shutil.rmtree(stale, ignore_errors=True)
             tmp = directory.parent / f".{directory.name}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
+            stale = sorted(directory.parent.glob(f".{directory.name}{PARTIAL_MARK}*"),
+                           key=lambda p: p.stat().st_mtime)
+            salvaged: list[str] = []
+            if salvage and stale:
+                os.rename(stale.pop(), tmp)
+                for leftover in tmp.iterdir():
+                    if leftover.name.endswith(".log") and leftover.is_file():
+                        salvaged.append(leftover.name)
+                    else:
+                        leftover.unlink()
+            else:
+                tmp.mkdir()
+            for old in stale:
+                shutil.rmtree(old, ignore_errors=True)
         except OSError as exc:
             raise ArchiveError("not_writable", f"archive directory {directory.parent} is not writable: {exc}") from exc
-        return PendingArchive(self, directory, tmp)
+        return PendingArchive(self, directory, tmp, salvaged=salvaged)
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -89,13 +104,14 @@ class PendingArchive:
     archive: Archive
     final: Path
     tmp: Path
+    salvaged: list[str] = field(default_factory=list)   # log files kept from an interrupted run
     _handles: dict[str, IO[bytes]] = field(default_factory=dict)
 
     def open(self, filename: str) -> IO[bytes]:
         """A binary file in the temporary directory (for streaming a log into it)."""
         _check_filename(filename)
         try:
-            handle = open(self.tmp / filename, "wb")
+            handle = open(self.tmp / filename, "wb", buffering=0)  # streamed bytes reach the file at once
         except OSError as exc:
             raise ArchiveError("write", f"cannot write {filename}: {exc}") from exc
         self._handles[filename] = handle
@@ -112,10 +128,14 @@ class PendingArchive:
         """Close, write MANIFEST.json last, fsync everything, rename into place. Blocking."""
         try:
             entries: list[dict[str, Any]] = []
-            for filename, handle in sorted(self._handles.items()):
+            for handle in self._handles.values():
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
+            for filename in sorted(set(self._handles) | set(self.salvaged)):
+                if filename in self.salvaged and filename not in self._handles:
+                    with open(self.tmp / filename, "rb") as fh:
+                        os.fsync(fh.fileno())
                 entries.append({"name": filename, "size": (self.tmp / filename).stat().st_size,
                                 "sha256": _sha256(self.tmp / filename)})
             manifest = json.dumps({"files": entries}, indent=2, sort_keys=True).encode() + b"\n"
@@ -138,12 +158,16 @@ class PendingArchive:
         total = sum(int(e["size"]) for e in entries) + len(manifest)
         return ArchiveResult(self.final, files, total)
 
-    def abort(self) -> None:
+    def close(self) -> None:
+        """Close the files but keep the partial directory (a later run may salvage it)."""
         for handle in self._handles.values():
             try:
                 handle.close()
             except OSError:
                 pass
+
+    def abort(self) -> None:
+        self.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

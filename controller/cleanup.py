@@ -25,11 +25,11 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, cast
+from typing import Any, Mapping
 
 from . import api
 from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
-from .kube.client import AGENTS, KIND_RESOURCES, PODS, ApiError, LogStream
+from .kube.client import AGENTS, EVENTS, KIND_RESOURCES, PODS, ApiError, LogStream
 from .names import PROMPT_KEY, uid_selector
 from .runtime import Runtime
 
@@ -94,14 +94,24 @@ async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: in
             raise
 
 
-def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """A Kubernetes Event through kopf's poster (no-op outside a running operator)."""
+async def post_event(rt: Runtime, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event (core/v1) about `obj`. Best effort: a failure is logged, never raised."""
+    meta = obj.get("metadata") or {}
+    now = api.format_time(rt.clock())
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace")},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+                           "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                           "resourceVersion": meta.get("resourceVersion")},
+        "type": type_, "reason": reason, "message": message[:1024],
+        "source": {"component": "agent-controller"}, "reportingComponent": "agent-controller",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
     try:
-        import kopf
-
-        kopf.event(kopf.Body(cast(Any, dict(obj))), type=type_, reason=reason, message=message)
-    except (LookupError, RuntimeError):
-        log.debug("event not posted (no operator context): %s %s", reason, message)
+        await rt.client.create(EVENTS, meta.get("namespace"), event)
+    except ApiError as exc:
+        log.debug("event %s not posted: %s", reason, exc)
 
 
 async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str | None = None,
@@ -206,7 +216,7 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         if outcome.new_bytes:
             rt.metrics.archived_bytes.inc(outcome.new_bytes)
         files = len(archived.files) if archived else 0
-        post_event(final, "Normal", "CleanedUp",
+        await post_event(rt, final, "Normal", "CleanedUp",
                    f"Cleanup ({trigger}) succeeded: pod, prompt and credentials deleted, {files} files archived, "
                    f"no leaks.")
         log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger,
@@ -226,7 +236,7 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         with contextlib.suppress(ApiError):
             await patch_status(rt, agent, {"cleanup": recorded})
         delay = api.backoff_seconds(attempts)
-        post_event(agent, "Warning", "CleanupFailed", f"{message}; retrying in {delay:.0f}s")
+        await post_event(rt, agent, "Warning", "CleanupFailed", f"{message}; retrying in {delay:.0f}s")
         log.warning("cleanup of %s/%s failed (%s); retrying in %.0fs", ns, name, exc, delay)
         raise CleanupFailed(message, delay) from exc
 
@@ -249,7 +259,11 @@ async def archive_and_stop_pods(rt: Runtime, directory: Any, pods: list[dict[str
     if Archive.is_complete(directory):
         await stop_pods(rt, pods, grace)
         return rt.archive.existing(directory)
-    pending = rt.archive.begin(directory)
+    # With no pod left there is nothing to stream: keep what an interrupted run had streamed.
+    pending = rt.archive.begin(directory, salvage=not pods)
+    if pending.salvaged:
+        log.warning("archive %s: pod gone, finishing the log files an interrupted run had streamed: %s",
+                    directory, ", ".join(pending.salvaged))
     pumps: list[asyncio.Task[None]] = []
     try:
         for pod in pods:
@@ -272,9 +286,11 @@ async def archive_and_stop_pods(rt: Runtime, directory: Any, pods: list[dict[str
             pending.write_file(filename, data)
         return await asyncio.to_thread(pending.commit)
     except BaseException:
+        # The pod was asked to stop: what was streamed may exist nowhere else. Keep the partial
+        # archive for the next run to finish (Archive.begin(salvage=True)).
         for task in pumps:
             task.cancel()
-        pending.abort()
+        pending.close()
         raise
 
 
@@ -296,6 +312,8 @@ async def _open_log_pumps(rt: Runtime, pending: PendingArchive, pod: Mapping[str
                     continue
                 if exc.not_found:
                     return tasks   # the pod is already gone: there is nothing left to read
+                if exc.status == 400 and "waiting to start" in exc.message:
+                    continue       # the container never started (ContainerCreating, image pull): no log
                 raise ArchiveError("log_read", f"cannot read log of {meta['name']}/{container}: {exc}") from exc
             tasks.append(asyncio.create_task(_pump(stream, pending.open(filename))))
     return tasks

@@ -142,7 +142,10 @@ def decide(
     if pod.phase == "Running" and phase in (None, api.PENDING):
         return Decision(phase=PhaseChange(api.RUNNING, api.REASON_POD_RUNNING, "The agent's pod is running.",
                                           start_time=True), requeue_after=requeue)
-    return Decision(create_children=phase in (None, api.PENDING), requeue_after=requeue)
+    if not phase:   # the pod exists but the status was never written (a crash in between): finish the job
+        return Decision(phase=PhaseChange(api.PENDING, api.REASON_CREATED, "Creating the agent's pod."),
+                        create_children=True, requeue_after=requeue)
+    return Decision(requeue_after=requeue)
 
 
 def next_wakeup(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:

@@ -169,10 +169,7 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kw
             raise
         if agent["metadata"]["uid"] != owner_uid:
             return
-        try:
-            await reconcile(rt, agent, pod=state)
-        except CleanupFailed:
-            pass   # recorded; the Agent's own handler retries it
+        await reconcile(rt, agent, pod=state, clean_up_now=False)
 
 
 def _pod_news(agent_phase: str, pod: PodState) -> bool:

@@ -37,15 +37,20 @@ async def observe_pod(rt: Runtime, agent: Mapping[str, Any]) -> PodState | None:
         raise
 
 
-async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET) -> float | None:
+async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET, *,
+                    clean_up_now: bool = True) -> float | None:
     """Bring one Agent a step further. Returns seconds after which to look again, if any.
+
+    `clean_up_now=False` (the pod watcher) only records a terminal phase: the cleanup then runs in
+    the Agent's own handler, which the phase change triggers (and the pod watcher stays free to
+    deliver the pod's deletion to that cleanup).
 
     Raises CleanupFailed (retry later) or ApiError for anything unexpected.
     """
     for _ in range(MAX_CONFLICT_RETRIES):
         state = await observe_pod(rt, agent) if pod is _UNSET else pod
         try:
-            return await execute(rt, agent, decide(agent, state, rt.clock()))
+            return await execute(rt, agent, decide(agent, state, rt.clock()), clean_up_now=clean_up_now)
         except ApiError as exc:
             if not exc.conflict:
                 raise
@@ -62,7 +67,8 @@ async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET) ->
     raise ApiError(409, "Conflict", f"agent {agent['metadata']['name']} kept changing; will retry")
 
 
-async def execute(rt: Runtime, agent: Mapping[str, Any], decision: Decision) -> float | None:
+async def execute(rt: Runtime, agent: Mapping[str, Any], decision: Decision,
+                  clean_up_now: bool = True) -> float | None:
     if decision.create_children:
         try:
             await create_children(rt, agent)
@@ -81,6 +87,8 @@ async def execute(rt: Runtime, agent: Mapping[str, Any], decision: Decision) -> 
     if decision.phase is not None:
         agent = await write_phase(rt, agent, decision.phase)
         if api.is_terminal(decision.phase.phase):
+            if not clean_up_now:
+                return None
             decision = decide(agent, None, rt.clock())   # terminal: decides cleanup without looking at the pod
     if decision.cleanup:
         await clean_up(rt, agent)

@@ -90,6 +90,7 @@ class Sweeper:
         self.last_report: SweepReport | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()      # one sweep at a time (periodic or on demand)
         self._detected: dict[str, None] = {}     # leak keys already counted (bounded, insertion-ordered)
 
     # ----------------------------------------------------------------- lifecycle
@@ -113,11 +114,15 @@ class Sweeper:
 
     async def _loop(self) -> None:
         while True:
+            await asyncio.sleep(self.interval)   # the first sweep after one interval: let the watches settle
             await self.run_once()
-            await asyncio.sleep(self.interval)
 
     async def run_once(self) -> SweepReport | None:
         """One sweep under the timeout. Failures are recorded, never raised."""
+        async with self._lock:
+            return await self._run_once_locked()
+
+    async def _run_once_locked(self) -> SweepReport | None:
         began = time.perf_counter()
         try:
             report = await asyncio.wait_for(self.sweep(), timeout=self.timeout)
@@ -202,7 +207,7 @@ class Sweeper:
             return
         report.reaped[leak.kind] += 1
         rt.metrics.leaks_reaped.labels(kind=leak.kind).inc()
-        post_event(obj if leak.kind == "pod" else obj, "Warning", "LeakReaped",
+        await post_event(rt, obj, "Warning", "LeakReaped",
                    f"Orphaned {leak.kind} {meta.get('name')} (its Agent no longer exists) was "
                    f"{'archived and ' if leak.kind == 'pod' else ''}deleted by the sweep.")
         log.info("sweep reaped orphaned %s", leak.kind,
@@ -222,7 +227,7 @@ class Sweeper:
         for leak in leaks:
             report.reaped[leak.kind] += 1
             rt.metrics.leaks_reaped.labels(kind=leak.kind).inc()
-        post_event(agent, "Warning", "LeakReaped",
+        await post_event(rt, agent, "Warning", "LeakReaped",
                    f"The sweep reaped {len(leaks)} leftover resource(s) of this terminal Agent "
                    f"({', '.join(sorted({l.reason for l in leaks}))}).")
 

@@ -228,6 +228,9 @@ class Supervisor:
             if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
                 os.tcsetpgrp(0, self.child_pid)
                 self._tty_handed = True
+                # If the child touched the terminal before it was handed over, SIGTTIN/SIGTTOU
+                # stopped it: let it continue (a no-op otherwise).
+                self._signal_group(signal.SIGCONT)
         except OSError:
             pass
 

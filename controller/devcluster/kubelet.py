@@ -339,11 +339,13 @@ class Kubelet:
             cur, prev = logs.get(cname, (b"", None))
             return (prev or b"") if previous else cur
 
-        return self._run_sync(fn)  # type: ignore[no-any-return]
+        out: bytes = self._run_sync(fn)
+        return out
 
     def container_state(self, ns: str, pod: str, container: str | None = None) -> str:
         """``waiting`` / ``running`` / ``terminated`` (for tests)."""
-        return self._run_sync(lambda: self._container(self._pod(ns, pod), container).state)  # type: ignore[no-any-return]
+        state: str = self._run_sync(lambda: self._container(self._pod(ns, pod), container).state)
+        return state
 
     # ------------------------------------------------------------------ log access (loop)
 
@@ -594,7 +596,7 @@ class Kubelet:
             if c.state == "terminated" and c.restart_handle is None:
                 if p.restart_policy == "Always" or (p.restart_policy == "OnFailure" and c.exit_code != 0):
                     self._schedule_restart(p, c)
-        if all(c.state == "terminated" for c in p.containers.values()):
+        if all(c.state == "terminated" and c.restart_handle is None for c in p.containers.values()):
             p.phase = "Succeeded" if all(c.exit_code == 0 for c in p.containers.values()) else "Failed"
             p.finished = True
             if p.deadline_handle is not None:

@@ -161,7 +161,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
         if not isinstance(op, dict) or "op" not in op:
             raise PatchError("json patch: every operation needs an 'op'", 400)
         kind = op["op"]
-        path = op.get("path")
+        path: str = op.get("path")  # type: ignore[assignment]
         tokens = _pointer(path)
         if kind in ("add", "replace", "test") and "value" not in op:
             raise PatchError(f"json patch: {kind} operation does not have a value", 400)
@@ -180,13 +180,13 @@ def json_patch(doc: Any, ops: Any) -> Any:
                 else:
                     parent[_index(tokens[-1], len(parent), False, path)] = copy.deepcopy(op["value"])
         elif kind == "move":
-            frm = op.get("from")
+            frm: str = op.get("from")  # type: ignore[assignment]
             ftokens = _pointer(frm)
             doc, value = _remove(doc, ftokens, frm)
             doc = _add(doc, tokens, value, path)
         elif kind == "copy":
-            frm = op.get("from")
-            value = copy.deepcopy(_get(doc, _pointer(frm), frm))
+            frm2: str = op.get("from")  # type: ignore[assignment]
+            value = copy.deepcopy(_get(doc, _pointer(frm2), frm2))
             doc = _add(doc, tokens, value, path)
         elif kind == "test":
             try:

@@ -52,6 +52,7 @@ __all__ = ["ApiError", "ApiServer", "DevCluster", "Fault", "Faults"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_List = list  # DevCluster.list shadows the builtin inside the class body
 
 KUBE_VERSION = {
     "major": "1",
@@ -326,6 +327,235 @@ def tls_material() -> tuple[bytes, bytes, bytes] | None:
 
 
 # ------------------------------------------------------------------------------------------
+# protobuf request bodies (client-go typed clients, e.g. ``kubectl create configmap``)
+
+# field number -> (json name, kind, sub-schema or None, repeated)
+_PB = dict[int, tuple[str, str, Any, bool]]
+_TIME = "time"
+_PB_OWNER: _PB = {
+    1: ("kind", "string", None, False),
+    3: ("name", "string", None, False),
+    4: ("uid", "string", None, False),
+    5: ("apiVersion", "string", None, False),
+    6: ("controller", "bool", None, False),
+    7: ("blockOwnerDeletion", "bool", None, False),
+}
+_PB_META: _PB = {
+    1: ("name", "string", None, False),
+    2: ("generateName", "string", None, False),
+    3: ("namespace", "string", None, False),
+    5: ("uid", "string", None, False),
+    6: ("resourceVersion", "string", None, False),
+    7: ("generation", "int", None, False),
+    8: ("creationTimestamp", _TIME, None, False),
+    9: ("deletionTimestamp", _TIME, None, False),
+    10: ("deletionGracePeriodSeconds", "int", None, False),
+    11: ("labels", "map", None, False),
+    12: ("annotations", "map", None, False),
+    13: ("ownerReferences", "msg", _PB_OWNER, True),
+    14: ("finalizers", "string", None, True),
+}
+_PB_OBJREF: _PB = {
+    1: ("kind", "string", None, False),
+    2: ("namespace", "string", None, False),
+    3: ("name", "string", None, False),
+    4: ("uid", "string", None, False),
+    5: ("apiVersion", "string", None, False),
+    6: ("resourceVersion", "string", None, False),
+    7: ("fieldPath", "string", None, False),
+}
+_PB_RULE: _PB = {
+    1: ("verbs", "string", None, True),
+    2: ("apiGroups", "string", None, True),
+    3: ("resources", "string", None, True),
+    4: ("resourceNames", "string", None, True),
+    5: ("nonResourceURLs", "string", None, True),
+}
+_PB_SUBJECT: _PB = {
+    1: ("kind", "string", None, False),
+    2: ("apiGroup", "string", None, False),
+    3: ("name", "string", None, False),
+    4: ("namespace", "string", None, False),
+}
+_PB_ROLEREF: _PB = {1: ("apiGroup", "string", None, False), 2: ("kind", "string", None, False), 3: ("name", "string", None, False)}
+_PB_RESATTR: _PB = {
+    1: ("namespace", "string", None, False),
+    2: ("verb", "string", None, False),
+    3: ("group", "string", None, False),
+    4: ("version", "string", None, False),
+    5: ("resource", "string", None, False),
+    6: ("subresource", "string", None, False),
+    7: ("name", "string", None, False),
+}
+_PB_NONRES: _PB = {1: ("path", "string", None, False), 2: ("verb", "string", None, False)}
+_PB_TYPES: dict[str, _PB] = {
+    "ConfigMap": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("data", "map", None, False),
+        3: ("binaryData", "mapbytes", None, False),
+        4: ("immutable", "bool", None, False),
+    },
+    "Secret": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("data", "mapbytes", None, False),
+        3: ("type", "string", None, False),
+        4: ("stringData", "map", None, False),
+        5: ("immutable", "bool", None, False),
+    },
+    "ServiceAccount": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("secrets", "msg", _PB_OBJREF, True),
+        3: ("imagePullSecrets", "msg", {1: ("name", "string", None, False)}, True),
+        4: ("automountServiceAccountToken", "bool", None, False),
+    },
+    "Namespace": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("spec", "msg", {1: ("finalizers", "string", None, True)}, False),
+    },
+    "Role": {1: ("metadata", "msg", _PB_META, False), 2: ("rules", "msg", _PB_RULE, True)},
+    "ClusterRole": {1: ("metadata", "msg", _PB_META, False), 2: ("rules", "msg", _PB_RULE, True)},
+    "RoleBinding": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("subjects", "msg", _PB_SUBJECT, True),
+        3: ("roleRef", "msg", _PB_ROLEREF, False),
+    },
+    "ClusterRoleBinding": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("subjects", "msg", _PB_SUBJECT, True),
+        3: ("roleRef", "msg", _PB_ROLEREF, False),
+    },
+    "SelfSubjectAccessReview": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: (
+            "spec",
+            "msg",
+            {1: ("resourceAttributes", "msg", _PB_RESATTR, False), 2: ("nonResourceAttributes", "msg", _PB_NONRES, False)},
+            False,
+        ),
+    },
+    "SelfSubjectRulesReview": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: ("spec", "msg", {1: ("namespace", "string", None, False)}, False),
+    },
+    "SelfSubjectReview": {1: ("metadata", "msg", _PB_META, False)},
+    "TokenRequest": {
+        1: ("metadata", "msg", _PB_META, False),
+        2: (
+            "spec",
+            "msg",
+            {
+                1: ("audiences", "string", None, True),
+                3: ("boundObjectRef", "msg", {1: ("kind", "string", None, False), 2: ("apiVersion", "string", None, False), 3: ("name", "string", None, False), 4: ("uid", "string", None, False)}, False),
+                4: ("expirationSeconds", "int", None, False),
+            },
+            False,
+        ),
+    },
+}
+
+
+def _pb_fields(data: bytes) -> Iterable[tuple[int, int, Any]]:
+    """(field number, wire type, value) of a protobuf message."""
+    i, n = 0, len(data)
+
+    def varint() -> int:
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = data[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+
+    while i < n:
+        key = varint()
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            yield num, wt, varint()
+        elif wt == 2:
+            ln = varint()
+            yield num, wt, data[i : i + ln]
+            i += ln
+        elif wt == 1:
+            yield num, wt, data[i : i + 8]
+            i += 8
+        elif wt == 5:
+            yield num, wt, data[i : i + 4]
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wt}")
+
+
+def _pb_decode(data: bytes, schema: _PB) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for num, _wt, val in _pb_fields(data):
+        spec = schema.get(num)
+        if spec is None:
+            continue
+        name, kind, sub, repeated = spec
+        v: Any
+        if kind == "string":
+            v = bytes(val).decode()
+            if v == "" and not repeated:
+                continue  # Go's omitempty
+        elif kind == "int":
+            v = val - (1 << 64) if isinstance(val, int) and val >= 1 << 63 else val
+            if v == 0 and name == "generation":
+                continue
+        elif kind == "bool":
+            v = bool(val)
+        elif kind == "msg":
+            v = _pb_decode(bytes(val), sub)
+        elif kind == _TIME:
+            t = _pb_decode(bytes(val), {1: ("seconds", "int", None, False), 2: ("nanos", "int", None, False)})
+            if not t.get("seconds"):
+                continue
+            v = now_rfc3339(float(t["seconds"]))
+        elif kind in ("map", "mapbytes"):
+            kv = _pb_decode(bytes(val), {1: ("key", "string", None, False), 2: ("value", "string" if kind == "map" else "raw", None, False)})
+            if kind == "mapbytes":
+                raw_v = b""
+                for n2, _w2, v2 in _pb_fields(bytes(val)):
+                    if n2 == 2:
+                        raw_v = bytes(v2)
+                kv["value"] = base64.b64encode(raw_v).decode()
+            out.setdefault(name, {})[kv.get("key", "")] = kv.get("value", "")
+            continue
+        else:
+            continue
+        if repeated:
+            out.setdefault(name, []).append(v)
+        else:
+            out[name] = v
+    return out
+
+
+def decode_protobuf(raw: bytes) -> dict[str, Any]:
+    """Decode a ``application/vnd.kubernetes.protobuf`` body of a supported kind into JSON form."""
+    if not raw.startswith(b"k8s\x00"):
+        raise bad_request("the body of the request was in an unknown format: missing protobuf magic")
+    env = {}
+    for num, _wt, val in _pb_fields(raw[4:]):
+        env[num] = val
+    tm = _pb_decode(bytes(env.get(1, b"")), {1: ("apiVersion", "string", None, False), 2: ("kind", "string", None, False)})
+    kind = tm.get("kind", "")
+    schema = _PB_TYPES.get(kind)
+    if schema is None:
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format - accepted media types include: application/json, "
+            f"application/yaml (protobuf is only understood for {', '.join(sorted(_PB_TYPES))})",
+        )
+    obj = _pb_decode(bytes(env.get(2, b"")), schema)
+    obj["apiVersion"] = tm.get("apiVersion", "")
+    obj["kind"] = kind
+    return obj
+
+
+# ------------------------------------------------------------------------------------------
 # request info
 
 
@@ -570,7 +800,7 @@ class ApiServer:
     async def _discovery(self, request: web.Request, user: UserInfo, path: str, what: Any) -> web.StreamResponse:
         self._count(user, "get", path)
         self._authorize_url(user, "get", path)
-        key = repr(what)
+        key = repr(what) + (request.host if what == "api" else "")
         cached = self._discovery_cache.get(key)
         if cached is not None and cached[0] == self.store.registry_version:
             return _json(cached[1])
@@ -760,7 +990,7 @@ class ApiServer:
                     403,
                     "Forbidden",
                     self.authorizer.forbidden_message(user, attrs),
-                    {"name": info.name, "group": rt.group, "kind": info.resource_key} if info.name else {"group": rt.group, "kind": info.resource_key},
+                    {"name": info.name, "group": rt.group, "kind": rt.plural} if info.name else {"group": rt.group, "kind": rt.plural},
                 )
         fault = self.faults.take(verb, info.resource_key, info.namespace, info.name)
         if fault is not None:
@@ -852,7 +1082,10 @@ class ApiServer:
             except yaml.YAMLError as e:
                 raise bad_request(f"error decoding YAML: {e}") from None
         if ct.startswith("application/vnd.kubernetes.protobuf"):
-            raise ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: application/json, application/yaml')
+            try:
+                return decode_protobuf(raw)
+            except (ValueError, IndexError, UnicodeDecodeError) as e:
+                raise bad_request(f"error decoding protobuf body: {e}") from None
         try:
             return loads(raw) if raw else None
         except ValueError as e:
@@ -990,7 +1223,7 @@ class ApiServer:
                 w.wake.clear()
                 await w.wake.wait()
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass
         finally:
             handle.cancel()
@@ -1042,7 +1275,7 @@ class ApiServer:
                     break
                 await ev.wait()
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass
         return resp
 
@@ -1339,10 +1572,11 @@ class DevCluster:
             import ssl
             import tempfile
 
-            ca, cert, key = tls_material()  # type: ignore[misc]
+            material = tls_material()
+            assert material is not None
             d = tempfile.mkdtemp(prefix="devcluster-tls-")
-            paths = []
-            for n, data in (("ca.crt", ca), ("tls.crt", cert), ("tls.key", key)):
+            paths: list[str] = []
+            for n, data in zip(("ca.crt", "tls.crt", "tls.key"), material):
                 fp = os.path.join(d, n)
                 with open(fp, "wb") as f:
                     f.write(data)
@@ -1635,13 +1869,13 @@ class DevCluster:
 
         return self._call(fn)
 
-    def apply_file(self, path: str) -> list[dict[str, Any]]:
+    def apply_file(self, path: str) -> "_List[dict[str, Any]]":
         """Apply every document of a YAML file (e.g. ``manifests/crd.yaml``)."""
         import yaml
 
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
-        out = []
+        out: _List[dict[str, Any]] = []
         for d in docs:
             if d.get("kind") == "List":
                 out.extend(self.apply(i) for i in d.get("items") or ())

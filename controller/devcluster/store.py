@@ -248,7 +248,9 @@ _EXISTS_RE = re.compile(r"^\s*(!?)\s*([^\s!=<>,()]+)\s*$")
 
 
 def _split_top(s: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in s:
         if ch == "(":
             depth += 1
@@ -1025,15 +1027,16 @@ class Store:
         self.listeners: dict[tuple[str, str], list[Listener]] = {}
         self.bookmark_watchers: set[Watcher] = set()
         self.defer: Callable[[Callable[[], None]], Any] = defer or (lambda fn: fn())
-        self.defer_later: Callable[[float, Callable[[], None]], Any] = defer_later or (
-            lambda delay, fn: self.defer(fn)
-        )
+        self.defer_later: Callable[[float, Callable[[], None]], Any] = defer_later or self._defer_now
         self.make_event: Callable[[], Any] = make_event or _SimpleEvent
         self.authorizer: Any = None
         self.registry_version = 0
         self.gen_name_rng = random.Random()
         for rt in builtin_types():
             self.register(rt)
+
+    def _defer_now(self, delay: float, fn: Callable[[], None]) -> Any:
+        return self.defer(fn)
 
     # ---------------------------------------------------------------- registry
 
@@ -2648,9 +2651,9 @@ class Store:
     def _gc_check_dangling(self, key: tuple[str, str], ns: str, name: str, uid: str) -> None:
         b = self.buckets.get(key)
         e = b.objects.get((ns, name)) if b is not None else None
-        if e is None or e.uid != uid:
+        if b is None or e is None or e.uid != uid:
             return
-        self._gc_consider(b, e)  # type: ignore[arg-type]
+        self._gc_consider(b, e)
 
     def _gc_orphan(self, key: tuple[str, str], ns: str, name: str, uid: str) -> None:
         for dkey, dns, dname in list(self.owner_index.get(uid, ())):

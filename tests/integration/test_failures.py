@@ -70,9 +70,10 @@ def test_controller_stopped_mid_cleanup_then_restarted_archives_exactly_once(
                                              "env": script([{"log": "line\n"}, {"sleep": 3600}])})
     uid = created["metadata"]["uid"]
     wait_for(running(api, ns, "crash"))
-    cluster.faults.inject(verb="delete", resource=hang_on, hang=True, times=100)
+    seen = cluster.requests[("delete", hang_on)]
+    cluster.faults.inject(verb="delete", resource=hang_on, namespace=ns, hang=True, times=100)
     api.patch_agent(ns, "crash", {"status": {"phase": "Completed"}}, status=True)
-    wait_for(lambda: cluster.requests[("delete", hang_on)] > 0, message=f"controller reached delete {hang_on}")
+    wait_for(lambda: cluster.requests[("delete", hang_on)] > seen, message=f"controller reached delete {hang_on}")
     first.stop()
     cluster.faults.clear()
     directory = archive_dir / ns / "crash" / uid
@@ -85,6 +86,35 @@ def test_controller_stopped_mid_cleanup_then_restarted_archives_exactly_once(
     assert (directory / "agent.log").read_bytes() == b"line\n"
     assert os.listdir(directory.parent) == [uid]      # one archive, no partial leftovers
     assert leftovers(api, ns, SEL + uid) == {}
+    assert agent["status"]["cleanup"]["verifiedNoLeaks"] is True
+
+
+def test_controller_stopped_while_streaming_after_pod_delete_keeps_the_streamed_log(
+        api, ns, cluster, make_controller, archive_dir):
+    """Crash after the pod was asked to stop but before the archive was finished: the pod (and the
+    log the kubelet held) is gone by the restart, so the partially streamed log is finished, not lost."""
+    first = make_controller()
+    created = api.create_agent(ns, "mid", {"image": "agent:1", "cleanup": {"gracePeriodSeconds": 600},
+                                           "env": script([{"log": "streamed before the crash\n"}, {"sleep": 3600}],
+                                                         on_term=[{"log": "terminating\n"}, {"sleep": 3600}])})
+    uid = created["metadata"]["uid"]
+    wait_for(running(api, ns, "mid"))
+    api.patch_agent(ns, "mid", {"status": {"phase": "Completed"}}, status=True)
+    wait_for(lambda: (api.pod(ns, "mid") or {}).get("metadata", {}).get("deletionTimestamp"),
+             message="pod terminating")
+    partial = archive_dir / ns / "mid"
+    wait_for(lambda: any(p.name.startswith(f".{uid}.partial-") and (p / "agent.log").exists()
+                         and (p / "agent.log").read_bytes().endswith(b"terminating\n") for p in partial.iterdir()),
+             message="log streamed into the partial archive")
+    first.stop()
+    api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/mid", {"gracePeriodSeconds": 0})
+    wait_for(lambda: api.pod(ns, "mid") is None)
+    make_controller()
+    agent = wait_for(cleaned(api, ns, "mid"), timeout=120)
+    directory = archive_dir / ns / "mid" / uid
+    assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == b"streamed before the crash\nterminating\n"
+    assert os.listdir(partial) == [uid]
     assert agent["status"]["cleanup"]["verifiedNoLeaks"] is True
 
 

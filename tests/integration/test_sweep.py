@@ -86,8 +86,7 @@ def test_orphans_are_archived_reaped_and_counted(api, ns, cluster, controller, a
     text = scrape(controller)
     assert sample(text, "agent_controller_leaked_resources", kind="pod", reason="orphaned") == 0
     assert sample(text, "agent_controller_leaks_detected_total", kind="pod", reason="orphaned") == 1
-    reasons = {e.get("reason") for e in api.events(ns)}
-    assert "LeakReaped" in reasons
+    wait_for(lambda: "LeakReaped" in {e.get("reason") for e in api.events(ns)}, message="LeakReaped event")
 
 
 def test_terminal_agent_leftover_is_reaped(api, ns, cluster, make_controller):
