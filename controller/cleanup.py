@@ -150,7 +150,8 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
     attempts = int(cleanup.get("attempts") or 0) + 1
     errors = list(cleanup.get("errors") or [])
     now = rt.clock()
-    finished_at = api.parse_time(status.get("completionTime")) or now
+    # The precise moment this process saw the terminal phase, else the (second-precision) completionTime.
+    finished_at = rt.terminal_at.get(uid) or api.parse_time(status.get("completionTime")) or now
     outcome = Outcome(trigger=trigger)
     recorded: dict[str, Any] = {"state": api.CLEANUP_RUNNING, "trigger": cleanup.get("trigger") or trigger,
                                 "attempts": attempts}
@@ -207,6 +208,7 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         })
         rt.cleaned.add(uid)
         rt.archive_failing.discard(uid)
+        rt.terminal_at.pop(uid, None)
         outcome.done = True
         rt.metrics.cleanups.labels(trigger=trigger, result="success").inc()
         duration = max(0.0, (done_at - finished_at).total_seconds())

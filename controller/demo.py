@@ -46,7 +46,7 @@ class Demo:
     started: float = field(default_factory=time.monotonic)
 
 
-def _script(steps: list[dict[str, Any]], on_term: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def _script(steps: list[Any], on_term: list[Any] | None = None) -> list[dict[str, Any]]:
     body: dict[str, Any] = {"steps": steps}
     if on_term is not None:
         body["onTerm"] = on_term
@@ -173,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_format, logging.WARNING)
+    logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "signals ignored in a thread"
     runner = DemoRunner(args, archive)
     return runner.run()
 
@@ -260,18 +261,16 @@ class DemoRunner:
             s.acted = True
             try:
                 if s.path == "kill":
-                    cluster.patch("agentcontroller.dev/v1alpha1", "agents", NAMESPACE, s.name,
-                                  {"spec": {"terminate": True}})
+                    cluster.patch("agents", s.name, {"spec": {"terminate": True}}, NAMESPACE)
                 elif s.path == "delete":
-                    cluster.delete("agentcontroller.dev/v1alpha1", "agents", NAMESPACE, s.name)
+                    cluster.delete("agents", s.name, NAMESPACE)
                 elif s.path == "podlost":
-                    cluster.delete("v1", "pods", NAMESPACE, s.name, grace_period_seconds=0)
+                    cluster.delete("pods", s.name, NAMESPACE, grace_period_seconds=0)
             except Exception as exc:  # noqa: BLE001 - the demo goes on; the summary tells
                 print(f"demo: could not {s.path} {s.name}: {exc}", file=sys.stderr)
 
     def _rows(self, cluster: Any) -> list[tuple[str, str, str, str, str, bool]]:
-        agents = {a["metadata"]["name"]: a for a in
-                  cluster.list("agentcontroller.dev/v1alpha1", "agents", NAMESPACE)}
+        agents = {a["metadata"]["name"]: a for a in cluster.list("agents", NAMESPACE)}
         rows = []
         for s in self.demo.samples:
             a = agents.get(s.name)
@@ -306,7 +305,7 @@ class DemoRunner:
             elapsed = time.monotonic() - self.demo.started
             self._act(cluster, elapsed)
             rows = self._rows(cluster)
-            orphan_left = any(p["metadata"]["uid"] == self.demo.orphan_uid for p in cluster.list("v1", "pods", NAMESPACE))
+            orphan_left = any(p["metadata"]["uid"] == self.demo.orphan_uid for p in cluster.list("pods", NAMESPACE))
             report = ctl.sweeper.last_report
             sweep_clean = report is not None and not sum(report.found.values()) and \
                 ctl.sweeper.last_success is not None

@@ -94,8 +94,11 @@ async def agent_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) 
 
 @kopf.on.field(*AGENT, field="status.phase", registry=registry)
 async def agent_phase_changed(body: kopf.Body, memo: kopf.Memo, new: Any, retry: int, **_: Any) -> None:
+    rt = runtime(memo)
     if new and retry == 0:
-        runtime(memo).metrics.phase_transitions.labels(to=str(new)).inc()
+        rt.metrics.phase_transitions.labels(to=str(new)).inc()
+        if api.is_terminal(str(new)):
+            rt.terminal_at.setdefault(body.metadata.uid or "", rt.clock())
     await _reconcile(memo, body, retry=retry)
 
 
@@ -125,7 +128,9 @@ async def agent_clock(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStop
             fresh = await rt.client.get(AGENTS, body.metadata.namespace, body.metadata.name)
             if fresh["metadata"]["uid"] != body.metadata.uid:
                 return
-            await reconcile(rt, fresh)
+            # A terminal phase (deadline) is only recorded here; the cleanup it triggers runs in the
+            # Agent's phase handler. A due cleanup delay or TTL is executed here.
+            await reconcile(rt, fresh, clean_up_now=api.is_terminal((fresh.get("status") or {}).get("phase")))
             failures = 0
             if next_wakeup(fresh, rt.clock()) is None:
                 return

@@ -41,9 +41,10 @@ async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET, *,
                     clean_up_now: bool = True) -> float | None:
     """Bring one Agent a step further. Returns seconds after which to look again, if any.
 
-    `clean_up_now=False` (the pod watcher) only records a terminal phase: the cleanup then runs in
-    the Agent's own handler, which the phase change triggers (and the pod watcher stays free to
-    deliver the pod's deletion to that cleanup).
+    `clean_up_now=False` (the pod watcher, the clock daemon) only records a terminal phase: the
+    cleanup then runs in the Agent's own handler, which the phase change triggers (so the pod
+    watcher stays free to deliver the pod's deletion to that cleanup, and a daemon that kopf stops
+    once the Agent is terminal never holds a cleanup).
 
     Raises CleanupFailed (retry later) or ApiError for anything unexpected.
     """
@@ -91,7 +92,8 @@ async def execute(rt: Runtime, agent: Mapping[str, Any], decision: Decision,
                 return None
             decision = decide(agent, None, rt.clock())   # terminal: decides cleanup without looking at the pod
     if decision.cleanup:
-        await clean_up(rt, agent)
+        if clean_up_now:
+            await clean_up(rt, agent)
         return None
     if decision.delete_agent:
         meta = agent["metadata"]
@@ -117,6 +119,7 @@ async def write_phase(rt: Runtime, agent: Mapping[str, Any], change: PhaseChange
     if change.start_time and not status.get("startTime"):
         new["startTime"] = api.format_time(now)
     if api.is_terminal(change.phase):
+        rt.terminal_at.setdefault(meta["uid"], now)
         new["completionTime"] = api.format_time(now)
         new["cleanup"] = {"state": api.CLEANUP_PENDING,
                           "trigger": api.cleanup_trigger(change.phase, change.reason, False)}

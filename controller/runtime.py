@@ -60,6 +60,7 @@ class Runtime:
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     pods: PodTracker = field(default_factory=PodTracker)
     cleaned: set[str] = field(default_factory=set)   # agent UIDs whose cleanup succeeded in this process
+    terminal_at: dict[str, datetime.datetime] = field(default_factory=dict)  # uid -> when this process saw it end
     cleanup_durations: list[float] = field(default_factory=list)   # seconds, for the demo's summary (last 10 000)
     archive_failing: set[str] = field(default_factory=set)   # agent UIDs whose pod is kept: archive failing
     namespaces: tuple[str, ...] = ()                  # empty: all namespaces

@@ -25,7 +25,8 @@ import json
 import logging
 import uuid
 from collections import OrderedDict, deque
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .store import (
     ADDED,
@@ -50,7 +51,7 @@ _GRAVEYARD_MAX = 20_000
 class LogInstance:
     """The stdout of one container instance; followers wait on :attr:`changed`."""
 
-    __slots__ = ("buf", "done", "changed")
+    __slots__ = ("buf", "changed", "done")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -77,22 +78,22 @@ class LogInstance:
 
 class _Container:
     __slots__ = (
-        "name",
-        "image",
-        "script",
-        "state",
-        "reason",
-        "exit_code",
-        "started_at",
-        "finished_at",
-        "restart_count",
-        "log",
-        "prev",
-        "last_state",
-        "task",
-        "ignore_term",
         "container_id",
+        "exit_code",
+        "finished_at",
+        "ignore_term",
+        "image",
+        "last_state",
+        "log",
+        "name",
+        "prev",
+        "reason",
+        "restart_count",
         "restart_handle",
+        "script",
+        "started_at",
+        "state",
+        "task",
     )
 
     def __init__(self, spec: dict[str, Any]) -> None:
@@ -155,31 +156,31 @@ class _Container:
 
 class _Pod:
     __slots__ = (
-        "ns",
-        "name",
-        "uid",
+        "conditions",
         "containers",
-        "restart_policy",
+        "deadline",
+        "deadline_handle",
+        "dirty",
+        "env",
+        "finished",
+        "grace",
+        "ip",
+        "kill_handle",
+        "message",
+        "name",
+        "ns",
+        "owner",
         "phase",
         "reason",
-        "message",
-        "started",
-        "start_time",
-        "terminating",
-        "kill_handle",
-        "deadline_handle",
         "removed",
-        "ip",
-        "conditions",
-        "owner",
+        "restart_policy",
         "sa",
-        "env",
-        "dirty",
-        "grace",
-        "deadline",
-        "volumes",
-        "finished",
+        "start_time",
+        "started",
         "term_done",
+        "terminating",
+        "uid",
+        "volumes",
     )
 
     def __init__(self, pod: dict[str, Any], ip: str) -> None:
@@ -529,7 +530,7 @@ class Kubelet:
                     return
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - a bad script must not kill the kubelet
+        except Exception:
             log.exception("script of %s/%s[%s] failed", p.ns, p.name, c.name)
 
     async def _report(self, p: _Pod, report: Any) -> None:

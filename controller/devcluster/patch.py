@@ -17,8 +17,8 @@ __all__ = [
     "json_equal",
     "json_patch",
     "merge_patch",
-    "strategic_merge_patch",
     "smp_list_keys",
+    "strategic_merge_patch",
 ]
 
 

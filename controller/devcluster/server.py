@@ -22,8 +22,9 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -34,7 +35,6 @@ from .store import (
     BOOKMARK,
     ERROR,
     ApiError,
-    Entry,
     FieldSelector,
     LabelSelector,
     ResourceType,
@@ -44,8 +44,6 @@ from .store import (
     dumps,
     loads,
     now_rfc3339,
-    not_found,
-    version_priority,
 )
 
 __all__ = ["ApiError", "ApiServer", "DevCluster", "Fault", "Faults"]
@@ -277,7 +275,7 @@ def tls_material() -> tuple[bytes, bytes, bytes] | None:
             from cryptography.x509.oid import NameOID
         except ImportError:
             return None
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devcluster-ca")])
         ca = (
@@ -623,7 +621,7 @@ def _tail(data: bytes, n: int) -> bytes:
 class ApiServer:
     """HTTP layer: authentication, authorization, routing, serialisation."""
 
-    def __init__(self, cluster: "DevCluster") -> None:
+    def __init__(self, cluster: DevCluster) -> None:
         self.c = cluster
         self.store: Store = cluster.store
         self.auth: Auth = cluster.auth
@@ -651,7 +649,7 @@ class ApiServer:
             )
         except (ConnectionResetError, asyncio.CancelledError):
             raise
-        except Exception as e:  # noqa: BLE001 - a bug must be a 500, not a dropped connection
+        except Exception as e:
             log.exception("devcluster: internal error on %s %s", request.method, request.path)
             return _json(ApiError(500, "InternalError", f"Internal error occurred: {e!r}").status(), 500)
 
@@ -1500,7 +1498,7 @@ class DevCluster:
         m = tls_material() if self._tls_sock is not None else None
         return m[0] if m else None
 
-    def start(self) -> "DevCluster":
+    def start(self) -> DevCluster:
         """Bind, serve and start the kubelet in a background thread; returns self."""
         if self._thread is not None:
             return self
@@ -1617,7 +1615,7 @@ class DevCluster:
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(15)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("devcluster: error during shutdown")
         loop.call_soon_threadsafe(loop.stop)
         thread.join(15)
@@ -1631,10 +1629,10 @@ class DevCluster:
 
             shutil.rmtree(os.path.dirname(self._tls_files[0]), ignore_errors=True)
 
-    def __enter__(self) -> "DevCluster":
+    def __enter__(self) -> DevCluster:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # ---------------------------------------------------------------- loop access
@@ -1783,7 +1781,7 @@ class DevCluster:
         patch: Any,
         namespace: str | None = None,
         *,
-        type: str = "merge",  # noqa: A002 - mirrors kubectl --type
+        type: str = "merge",
         subresource: str | None = None,
         api_version: str | None = None,
     ) -> dict[str, Any]:
@@ -1869,7 +1867,7 @@ class DevCluster:
 
         return self._call(fn)
 
-    def apply_file(self, path: str) -> "_List[dict[str, Any]]":
+    def apply_file(self, path: str) -> _List[dict[str, Any]]:
         """Apply every document of a YAML file (e.g. ``manifests/crd.yaml``)."""
         import yaml
 

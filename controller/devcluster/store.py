@@ -24,14 +24,16 @@ from __future__ import annotations
 import base64
 import bisect
 import copy
+import functools
 import json
 import random
 import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 
@@ -140,7 +142,7 @@ class ApiError(Exception):
         return st
 
 
-def _details(rt: "ResourceType | None", name: str | None) -> dict[str, Any]:
+def _details(rt: ResourceType | None, name: str | None) -> dict[str, Any]:
     d: dict[str, Any] = {}
     if name:
         d["name"] = name
@@ -151,17 +153,17 @@ def _details(rt: "ResourceType | None", name: str | None) -> dict[str, Any]:
     return d
 
 
-def not_found(rt: "ResourceType", name: str) -> ApiError:
+def not_found(rt: ResourceType, name: str) -> ApiError:
     """404 NotFound for ``name`` of ``rt``."""
     return ApiError(404, "NotFound", f'{rt.qualified} "{name}" not found', _details(rt, name))
 
 
-def already_exists(rt: "ResourceType", name: str) -> ApiError:
+def already_exists(rt: ResourceType, name: str) -> ApiError:
     """409 AlreadyExists."""
     return ApiError(409, "AlreadyExists", f'{rt.qualified} "{name}" already exists', _details(rt, name))
 
 
-def conflict(rt: "ResourceType", name: str, why: str) -> ApiError:
+def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
     """409 Conflict (optimistic concurrency / preconditions)."""
     return ApiError(
         409, "Conflict", f'Operation cannot be fulfilled on {rt.qualified} "{name}": {why}', _details(rt, name)
@@ -173,7 +175,7 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
-def forbidden(rt: "ResourceType", name: str, why: str) -> ApiError:
+def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
     """403 Forbidden."""
     target = f'{rt.qualified} "{name}"' if name else rt.qualified
     return ApiError(403, "Forbidden", f"{target} is forbidden: {why}", _details(rt, name))
@@ -220,7 +222,7 @@ def ferr(path: str, type_: str, value: Any = _MISSING, detail: str = "") -> Caus
     return Cause(path, type_, text)
 
 
-def invalid(rt: "ResourceType", name: str, causes: list[Any]) -> ApiError:
+def invalid(rt: ResourceType, name: str, causes: list[Any]) -> ApiError:
     """422 Invalid with ``details.causes``; ``causes`` are :class:`Cause` or schema FieldErrors."""
     msgs = [c.message for c in causes]
     joined = msgs[0] if len(msgs) == 1 else "[" + ", ".join(msgs) + "]"
@@ -287,7 +289,7 @@ class LabelSelector:
                         int(m.group(3))
                     except ValueError:
                         raise bad_request(
-                            f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer"
+                            "unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer"
                         ) from None
                 self.reqs.append((m.group(1), op, (m.group(3),)))
                 continue
@@ -606,7 +608,7 @@ def version_priority(v: str) -> tuple[int, int, int]:
 class Entry:
     """A committed object with its cached JSON encodings."""
 
-    __slots__ = ("obj", "_raw", "views", "ns", "name", "uid", "labels", "rv")
+    __slots__ = ("_raw", "labels", "name", "ns", "obj", "rv", "uid", "views")
 
     def __init__(self, obj: dict[str, Any], ns: str, name: str, rv: int) -> None:
         self.obj = obj
@@ -646,7 +648,7 @@ class Entry:
 class WatchEvent:
     """One change in a bucket (kept in the watch history)."""
 
-    __slots__ = ("type", "rv", "ns", "name", "entry", "old", "_lines")
+    __slots__ = ("_lines", "entry", "name", "ns", "old", "rv", "type")
 
     def __init__(self, type_: str, rv: int, entry: Entry, old: Entry | None) -> None:
         self.type = type_
@@ -673,22 +675,22 @@ class Watcher:
     """A watch registered on a bucket; the HTTP handler drains :attr:`queue`."""
 
     __slots__ = (
-        "bucket",
-        "rt",
-        "ns",
-        "labels",
-        "fields",
-        "queue",
-        "wake",
-        "closed",
-        "bookmarks",
-        "max_queue",
         "__weakref__",
+        "bookmarks",
+        "bucket",
+        "closed",
+        "fields",
+        "labels",
+        "max_queue",
+        "ns",
+        "queue",
+        "rt",
+        "wake",
     )
 
     def __init__(
         self,
-        bucket: "Bucket",
+        bucket: Bucket,
         rt: ResourceType,
         ns: str | None,
         labels: LabelSelector | None,
@@ -1484,8 +1486,8 @@ class Store:
             raise ApiError(
                 415,
                 "UnsupportedMediaType",
-                f"the body of the request was in an unknown format - accepted media types include: "
-                f"application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
             )
         if ct == "application/strategic-merge-patch+json" and rt.crd is not None:
             raise ApiError(
@@ -1592,7 +1594,7 @@ class Store:
             new["spec"] = spec if isinstance(spec, dict) else {}
             md = new["metadata"]
         elif subresource:
-            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         elif rt.status_subresource and not internal:
             if "status" in oobj:
                 new["status"] = oobj["status"]
@@ -2531,7 +2533,7 @@ class Store:
             for r in md.get("ownerReferences") or ():
                 ou = r.get("uid")
                 if ou and ou in self.uid_index and ou not in self.owner_index:
-                    self.defer(lambda ou=ou: self._gc_foreground_done(ou))
+                    self.defer(functools.partial(self._gc_foreground_done, ou))
         if final.ns and final.ns in self.terminating_ns:
             nsn = final.ns
             self.defer(lambda: self._ns_maybe_finish(nsn))
@@ -2623,7 +2625,7 @@ class Store:
         for key, ns, name in list(self.owner_index.get(uid, ())):
             b = self.buckets.get(key)
             e = b.objects.get((ns, name)) if b is not None else None
-            if e is None:
+            if b is None or e is None:
                 continue
             self._gc_consider(b, e)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .store import ResourceType, parse_time
 
@@ -84,8 +85,7 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
     p = path.strip()
     if p.startswith("{") and p.endswith("}"):
         p = p[1:-1]
-    if p.startswith("$"):
-        p = p[1:]
+    p = p.removeprefix("$")
     if p and not p.startswith((".", "[")):
         p = "." + p
     cur = [obj]

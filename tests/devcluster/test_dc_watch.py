@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dc_helpers import agent
