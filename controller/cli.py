@@ -76,10 +76,17 @@ def add_common(parser: argparse.ArgumentParser, archive_default: str) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line (and exit 2), never a usage dump or a traceback."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agent-controller", description=__doc__)
+    parser = OneLineParser(prog="agent-controller", description=__doc__)
     parser.add_argument("--version", action="version", version=f"agent-controller {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run_p = sub.add_parser("run", help="run the controller against the current kubeconfig or in-cluster config")
     scope = run_p.add_mutually_exclusive_group()

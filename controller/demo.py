@@ -207,12 +207,19 @@ class DemoRunner:
                 cluster.kubeconfig_path(self.args.kubeconfig_out, user="admin")
             options = Options(namespaces=[NAMESPACE], archive_dir=str(self.archive),
                               metrics_port=self.args.metrics_port, health_port=self.args.health_port,
-                              sweep_interval=3.0, listen_host="127.0.0.1", force_delete_after=30.0)
+                              sweep_interval=3.0, sweep_timeout=30.0, listen_host="127.0.0.1",
+                              force_delete_after=30.0)
             config = ClientConfig(server=cluster.url, token=cluster.admin_token, default_namespace=NAMESPACE)
             ctl = BackgroundController(options, config).start()
             self._banner(cluster, ctl)
             self._launch(cluster)
             ok, why = self._watch(cluster, ctl)
+            if ok:
+                checked, bad = self._verify_archives(cluster)
+                if bad:
+                    ok, why = False, f"archived logs differ from what the kubelet served: {', '.join(bad)}"
+                else:
+                    why += f"; {checked} archived logs byte-identical to what the kubelet served"
             self._summary(cluster, ctl, ok, why)
             if self.args.exit_when_done or self.stop.is_set():
                 return 0 if ok else 1
@@ -254,10 +261,12 @@ class DemoRunner:
                      "containers": [{"name": "agent", "image": "example.com/agents/demo:1.0", "env": env}]}})
         self.demo.orphan_uid = pod["metadata"]["uid"]
 
-    def _act(self, cluster: Any, elapsed: float) -> None:
+    def _act(self, cluster: Any, elapsed: float, phases: dict[str, str]) -> None:
         for s in self.demo.samples:
             if s.acted or s.action_at is None or elapsed < s.action_at:
                 continue
+            if phases.get(s.name) not in ("Running", "Working", "Blocked"):
+                continue   # act on running agents only, as a person watching would
             s.acted = True
             try:
                 if s.path == "kill":
@@ -303,8 +312,8 @@ class DemoRunner:
         last: dict[str, tuple[str, str]] = {}
         while not self.stop.is_set():
             elapsed = time.monotonic() - self.demo.started
-            self._act(cluster, elapsed)
             rows = self._rows(cluster)
+            self._act(cluster, elapsed, {r[0]: r[1] for r in rows})
             orphan_left = any(p["metadata"]["uid"] == self.demo.orphan_uid for p in cluster.list("pods", NAMESPACE))
             report = ctl.sweeper.last_report
             sweep_clean = report is not None and not sum(report.found.values()) and \
@@ -329,6 +338,22 @@ class DemoRunner:
                                + ("" if sweep_clean else "; last sweep still found leaks"))
             self.stop.wait(0.25)
         return False, "interrupted"
+
+    def _verify_archives(self, cluster: Any) -> tuple[int, list[str]]:
+        """Every archived log must be byte-identical to what the simulated kubelet served."""
+        checked, bad = 0, []
+        for s in self.demo.samples:
+            if not s.archive:
+                continue
+            log = self.archive / NAMESPACE / s.name / s.uid / "agent.log"
+            try:
+                served = cluster.kubelet.served_log(NAMESPACE, s.name, "agent")
+            except Exception:  # noqa: BLE001 - the kubelet forgot the pod: compare with the script
+                served = s.expected_log
+            checked += 1
+            if not log.is_file() or log.read_bytes() != served:
+                bad.append(s.name)
+        return checked, bad
 
     def _summary(self, cluster: Any, ctl: Any, ok: bool, why: str) -> None:
         text = ctl.runtime.metrics.render().decode()

@@ -30,7 +30,7 @@ class Options:
     metrics_port: int = 9102
     health_port: int = 8081
     sweep_interval: float = 60.0
-    sweep_timeout: float | None = None       # default: min(interval, 30 s)
+    sweep_timeout: float | None = None       # default: 30 s
     kubeconfig: str | None = None
     context: str | None = None
     peering: str | None = None               # kopf peering name; None = standalone

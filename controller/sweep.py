@@ -84,7 +84,7 @@ class Sweeper:
     def __init__(self, rt: Runtime, interval: float = 60.0, timeout: float | None = None):
         self.rt = rt
         self.interval = interval
-        self.timeout = timeout if timeout is not None else max(1.0, min(interval, 30.0))
+        self.timeout = timeout if timeout is not None else 30.0
         self.started_at = time.time()
         self.last_success: float | None = None
         self.last_report: SweepReport | None = None

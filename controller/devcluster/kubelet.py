@@ -691,8 +691,8 @@ class Kubelet:
         for c in p.containers.values():
             if c.state == "waiting":
                 c.state = "terminated"
-                c.exit_code = 0 if not p.started else 137
-                c.reason = "ContainerStatusUnknown" if p.started else "Completed"
+                c.exit_code = 137
+                c.reason = "ContainerStatusUnknown"
                 c.finished_at = now_rfc3339()
                 c.log.finish()
         if not p.finished:

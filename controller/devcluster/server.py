@@ -274,7 +274,8 @@ def tls_material() -> tuple[bytes, bytes, bytes] | None:
             from cryptography.hazmat.primitives.asymmetric import ec
             from cryptography.x509.oid import NameOID
         except ImportError:
-            return None
+            _TLS_CACHE = _tls_with_openssl()
+            return _TLS_CACHE
         now = dt.datetime.now(dt.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devcluster-ca")])
@@ -322,6 +323,46 @@ def tls_material() -> tuple[bytes, bytes, bytes] | None:
             ),
         )
         return _TLS_CACHE
+
+
+def _tls_with_openssl() -> tuple[bytes, bytes, bytes] | None:
+    """The same material made with the ``openssl`` CLI (when ``cryptography`` is not installed)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="devcluster-ca-") as d:
+        def j(n: str) -> str:
+            return os.path.join(d, n)
+
+        ext = j("ext.cnf")
+        with open(ext, "w") as cnf:
+            cnf.write(
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                "subjectAltName=DNS:localhost,DNS:kubernetes.default.svc,IP:127.0.0.1\n"
+            )
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        cmds = [
+            [exe, "req", "-x509", *ec, "-keyout", j("ca.key"), "-out", j("ca.crt"), "-days", "3650",
+             "-subj", "/CN=devcluster-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
+            [exe, "req", *ec, "-keyout", j("tls.key"), "-out", j("tls.csr"), "-subj", "/CN=devcluster-apiserver"],
+            [exe, "x509", "-req", "-in", j("tls.csr"), "-CA", j("ca.crt"), "-CAkey", j("ca.key"),
+             "-CAcreateserial", "-out", j("tls.crt"), "-days", "3650", "-extfile", ext],
+        ]
+        try:
+            for cmd in cmds:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+            out: list[bytes] = []
+            for n in ("ca.crt", "tls.crt", "tls.key"):
+                with open(j(n), "rb") as pem:
+                    out.append(pem.read())
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return out[0], out[1], out[2]
 
 
 # ------------------------------------------------------------------------------------------
@@ -763,6 +804,10 @@ class ApiServer:
             verb = "delete" if name else "deletecollection"
         else:
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        if sub and (verb not in rt.subresources[sub] or not name):
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        if rt.virtual and verb != "create":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         return ReqInfo(verb, rt, ns, name, sub, watch_path)
 
     # ---------------------------------------------------------------- non-resource
@@ -971,6 +1016,9 @@ class ApiServer:
         rt = info.rt
         verb = info.verb
         self._count(user, verb, info.resource_key)
+        hook = self.c.on_request
+        if hook is not None:
+            hook(verb, info.resource_key, info.namespace, info.name, user.name)
         if "system:masters" not in user.groups:
             attrs = Attributes(
                 verb=verb,
@@ -1449,6 +1497,10 @@ class DevCluster:
         self.requests_by_user: collections.defaultdict[str, collections.Counter[tuple[str, str]]] = (
             collections.defaultdict(collections.Counter)
         )
+        # Optional, off by default: called on the server loop at the arrival of every resource request
+        # (after authentication, before authorization) as ``on_request(verb, resource, namespace, name,
+        # user)``. Keep it cheap: it runs inline. The bench uses it to time-stamp the controller's pod DELETEs.
+        self.on_request: Callable[[str, str, str, str, str], None] | None = None
         self.kubelet = Kubelet(
             self.store,
             run_sync=self._call,
@@ -1502,13 +1554,26 @@ class DevCluster:
         """Bind, serve and start the kubelet in a background thread; returns self."""
         if self._thread is not None:
             return self
+        if self._started.is_set():
+            raise RuntimeError("a DevCluster cannot be restarted; create a new one")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self._port))
         sock.listen(1024)
         sock.setblocking(False)
         self._sock = sock
-        if self._tls and tls_material() is not None:
+        material = tls_material() if self._tls else None
+        if material is not None:
+            import tempfile
+
+            d = tempfile.mkdtemp(prefix="devcluster-tls-")
+            paths: list[str] = []
+            for n, data in zip(("ca.crt", "tls.crt", "tls.key"), material):
+                fp = os.path.join(d, n)
+                with open(fp, "wb") as f:
+                    f.write(data)
+                paths.append(fp)
+            self._tls_files = (paths[0], paths[1], paths[2])
             ts = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             ts.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             ts.bind((self.host, self._tls_port))
@@ -1566,22 +1631,11 @@ class DevCluster:
         await self._runner.setup()
         site = web.SockSite(self._runner, self._sock)  # type: ignore[arg-type]
         await site.start()
-        if self._tls_sock is not None:
+        if self._tls_sock is not None and self._tls_files is not None:
             import ssl
-            import tempfile
 
-            material = tls_material()
-            assert material is not None
-            d = tempfile.mkdtemp(prefix="devcluster-tls-")
-            paths: list[str] = []
-            for n, data in zip(("ca.crt", "tls.crt", "tls.key"), material):
-                fp = os.path.join(d, n)
-                with open(fp, "wb") as f:
-                    f.write(data)
-                paths.append(fp)
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(paths[1], paths[2])
-            self._tls_files = (paths[0], paths[1], paths[2])
+            ctx.load_cert_chain(self._tls_files[1], self._tls_files[2])
             tsite = web.SockSite(self._runner, self._tls_sock, ssl_context=ctx)
             await tsite.start()
         self._schedule_bookmarks()

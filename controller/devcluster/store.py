@@ -91,7 +91,7 @@ def now_rfc3339(t: float | None = None) -> str:
 def now_micro(t: float | None = None) -> str:
     """RFC 3339 timestamp with microseconds, like metav1.MicroTime."""
     t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e6):06d}Z"
 
 
 def parse_time(s: str) -> float | None:
@@ -2506,7 +2506,7 @@ class Store:
             self.defer_later(0.2, lambda: self._gc_check_dangling(key, ns, name, uid))
 
     def _after_update(self, rt: ResourceType, b: Bucket, entry: Entry, old: Entry) -> None:
-        g, p = b.key
+        g = b.key[0]
         if g == "apiextensions.k8s.io" and "deletionTimestamp" not in entry.obj["metadata"]:
             self.register_crd(entry.obj)
         if self.gc_enabled and entry.obj["metadata"].get("ownerReferences") != old.obj["metadata"].get("ownerReferences"):

@@ -100,3 +100,17 @@ def test_serve_command_writes_kubeconfig(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_tls_material_with_openssl_cli() -> None:
+    import shutil
+
+    from controller.devcluster import server
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    m = server._tls_with_openssl()
+    assert m is not None
+    ca, cert, key = m
+    assert ca.startswith(b"-----BEGIN CERTIFICATE-----") and cert.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert b"PRIVATE KEY" in key
