@@ -310,6 +310,7 @@ class DemoRunner:
 
     def _watch(self, cluster: Any, ctl: Any) -> tuple[bool, str]:
         last: dict[str, tuple[str, str]] = {}
+        orphan_reported = False
         while not self.stop.is_set():
             elapsed = time.monotonic() - self.demo.started
             rows = self._rows(cluster)
@@ -323,6 +324,10 @@ class DemoRunner:
             if self.tty:
                 self._draw(rows, elapsed, note)
             else:
+                if not orphan_left and not orphan_reported:
+                    orphan_reported = True
+                    print(f"[{elapsed:5.1f}s] orphaned-helper (a pod whose Agent never existed): archived and "
+                          f"reaped by the sweep", file=self.out, flush=True)
                 for name, phase, _, _, cleanup, verified in rows:
                     state = (phase, cleanup + ("/verified" if verified else ""))
                     if last.get(name) != state:

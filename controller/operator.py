@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import kopf
 
@@ -15,6 +14,7 @@ from .archive import Archive
 from .health import HealthServer
 from .kube.client import ClientConfig, KubeClient
 from .metrics import Metrics
+from .peering import Peering
 from .runtime import Runtime, utcnow
 from .sweep import Sweeper
 
@@ -52,7 +52,10 @@ def build_runtime(options: Options, config: ClientConfig | None = None) -> Runti
 
 
 def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]:
-    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout)
+    peering = None
+    if options.peering:
+        peering = Peering(options.peering, options.namespaces[0] if options.namespaces else None)
+    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout, peering=peering)
     health = HealthServer(rt, sweeper, host=options.listen_host, metrics_port=options.metrics_port,
                           health_port=options.health_port)
     return sweeper, health
@@ -96,8 +99,10 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
         namespaces=options.namespaces,
         standalone=options.peering is None,
         peering_name=options.peering,
-        # Peers of equal priority all pause; a random one per replica elects exactly one active.
-        priority=random.randint(1, 1_000_000) if options.peering else 0,
+        # Peers of equal priority all pause: each replica has its own random priority, and the
+        # sweep uses the same identity and priority to know whether it is the active replica.
+        identity=cast(Any, sweeper.peering.identity) if sweeper.peering else None,
+        priority=sweeper.peering.priority if sweeper.peering else 0,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )

@@ -26,6 +26,7 @@ from .cleanup import CleanupFailed, archive_and_stop_pods, clean_up, delete_chil
 from .kube.client import AGENTS, KIND_RESOURCES, ApiError
 from .metrics import KINDS, LEAK_REASONS
 from .names import AGENT_UID_LABEL, MANAGED_SELECTOR
+from .peering import Peering
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ def classify(agents: Sequence[Mapping[str, Any]], objects: Mapping[str, Sequence
 
 
 class Sweeper:
-    def __init__(self, rt: Runtime, interval: float = 60.0, timeout: float | None = None):
+    def __init__(self, rt: Runtime, interval: float = 60.0, timeout: float | None = None,
+                 peering: "Peering | None" = None):
         self.rt = rt
+        self.peering = peering           # with standby replicas, only the active one sweeps
         self.interval = interval
         self.timeout = timeout if timeout is not None else 30.0
         self.started_at = time.time()
@@ -158,6 +161,8 @@ class Sweeper:
 
     async def sweep(self) -> SweepReport:
         rt = self.rt
+        if self.peering is not None and not await self.peering.active(rt.client, rt.clock()):
+            return SweepReport()          # a healthy standby: the active replica sweeps
         agents, objects = await self._list()
         report = SweepReport(objects=sum(len(v) for v in objects.values()))
         leaks = classify(agents, objects, rt.clock(), set(rt.archive_failing))
