@@ -1612,13 +1612,15 @@ class DevCluster:
         store.defer = loop.call_soon
         store.defer_later = lambda d, fn: loop.call_later(d, fn)
         store.make_event = asyncio.Event
-        for key in (
-            ("rbac.authorization.k8s.io", "roles"),
-            ("rbac.authorization.k8s.io", "rolebindings"),
-            ("rbac.authorization.k8s.io", "clusterroles"),
-            ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        for key, kind in (
+            (("rbac.authorization.k8s.io", "roles"), "Role"),
+            (("rbac.authorization.k8s.io", "rolebindings"), "RoleBinding"),
+            (("rbac.authorization.k8s.io", "clusterroles"), "ClusterRole"),
+            (("rbac.authorization.k8s.io", "clusterrolebindings"), "ClusterRoleBinding"),
         ):
-            store.add_listener(key, lambda b, ev: self.authorizer.invalidate())
+            # Incremental index updates keep thousands of per-agent Roles linear, not quadratic.
+            store.add_listener(key, lambda b, ev, kind=kind: self.authorizer.invalidate(
+                kind, ev.entry.obj, deleted=ev.type == "DELETED"))
         self.kubelet.attach(loop)
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             store.create(store.resolve("namespaces"), "", {"metadata": {"name": ns}})

@@ -1,0 +1,106 @@
+"""The controller under test, as its own process: `agent-controller run --kubeconfig ...`.
+
+A separate process gives the controller its own interpreter (its own GIL, its own core), as in a
+real deployment, and lets psutil measure its RSS alone (the emulator's memory is not counted).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ControllerProcess:
+    def __init__(self, kubeconfig: str, namespace: str, archive_dir: str, log_path: str,
+                 sweep_interval: float = 3600.0):
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.archive_dir = archive_dir
+        self.log_path = log_path
+        self.sweep_interval = sweep_interval
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> "ControllerProcess":
+        cmd = [sys.executable, "-m", "controller.cli", "run", "--kubeconfig", self.kubeconfig,
+               "--namespace", self.namespace, "--archive-dir", self.archive_dir,
+               "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+               "--sweep-interval", str(self.sweep_interval)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controller exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"controller did not become healthy in {timeout}s; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.pid).memory_info().rss / (1024 * 1024)
+
+    def cpu_seconds(self) -> float:
+        t = psutil.Process(self.pid).cpu_times()
+        return float(t.user + t.system)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def sweeps(self) -> tuple[float, float]:
+        """(count, total seconds) of the sweep-duration histogram."""
+        text = self.metrics()
+        count = _sample(text, "agent_controller_sweep_duration_seconds_count")
+        total = _sample(text, "agent_controller_sweep_duration_seconds_sum")
+        return count, total
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _sample(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
