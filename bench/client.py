@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -86,7 +87,7 @@ class Client:
                     if resp.status < 300:
                         return parsed
                     err = HttpError(resp.status, parsed)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 err = HttpError(0, {"message": f"{type(exc).__name__}: {exc}"})
             if err.status in (0, 429, 500, 502, 503, 504) and attempt <= retries:
                 await asyncio.sleep(0.2 * attempt)
@@ -131,7 +132,7 @@ class Client:
                                 rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                                 if etype != "BOOKMARK":
                                     on_event(etype, obj)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     await asyncio.sleep(0.2)
                 if gone:
                     break

@@ -41,7 +41,7 @@ class ControllerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> "ControllerProcess":
+    def start(self, timeout: float = 60.0) -> ControllerProcess:
         cmd = [sys.executable, "-m", "controller.cli", "run", "--kubeconfig", self.kubeconfig,
                "--namespace", self.namespace, "--archive-dir", self.archive_dir,
                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
@@ -102,5 +102,5 @@ class ControllerProcess:
 
 
 def _sample(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -74,7 +75,7 @@ class CountingProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "CountingProxy":
+    def start(self) -> CountingProxy:
         self._thread = threading.Thread(target=self._main, name="bench-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(30) or self.error:

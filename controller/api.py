@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 PENDING, RUNNING, WORKING, BLOCKED = "Pending", "Running", "Working", "Blocked"
 COMPLETED, FAILED, ERROR, TERMINATED = "Completed", "Failed", "Error", "Terminated"
@@ -55,7 +56,7 @@ def parse_time(value: str | None) -> datetime.datetime | None:
 
 
 def format_time(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class AgentSpec:
     cleanup: CleanupSpec = field(default_factory=CleanupSpec)
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> "AgentSpec":
+    def from_dict(cls, spec: Mapping[str, Any]) -> AgentSpec:
         cleanup = spec.get("cleanup") or {}
         return cls(
             image=str(spec.get("image") or ""),
@@ -104,7 +105,7 @@ class AgentRef:
     uid: str
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> "AgentRef":
+    def from_body(cls, body: Mapping[str, Any]) -> AgentRef:
         meta = body.get("metadata") or {}
         return cls(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""))
 

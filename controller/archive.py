@@ -68,7 +68,7 @@ class Archive:
         size = sum(f["size"] for f in manifest["files"]) + (directory / MANIFEST).stat().st_size
         return ArchiveResult(directory, files, size, already_existed=True)
 
-    def begin(self, directory: Path, salvage: bool = False) -> "PendingArchive":
+    def begin(self, directory: Path, salvage: bool = False) -> PendingArchive:
         """Create the temporary directory (this is also the writability check).
 
         A partial archive left by an interrupted run is discarded — or, with `salvage` (the pod and

@@ -7,7 +7,8 @@ Every child carries the managed-by / agent / agent-uid labels and a controller o
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import GROUP, KIND, VERSION
 from .api import DEFAULT_GRACE_SECONDS

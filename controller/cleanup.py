@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from . import api
 from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
@@ -226,7 +227,7 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         return outcome
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
+    except Exception as exc:
         message = f"attempt {attempts}: {exc}"
         errors = (errors + [message[:1000]])[-api.MAX_RECORDED_ERRORS:]
         reason = exc.reason if isinstance(exc, ArchiveError) else None
@@ -350,7 +351,6 @@ async def _wait_gone(rt: Runtime, pod: Mapping[str, Any], waiter: asyncio.Event,
     """True once the pod (this UID) no longer exists. Woken by the pod watch; polls as a fallback."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    meta = pod["metadata"]
     while True:
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -359,11 +359,5 @@ async def _wait_gone(rt: Runtime, pod: Mapping[str, Any], waiter: asyncio.Event,
             await asyncio.wait_for(waiter.wait(), timeout=min(remaining, rt.pod_poll_interval))
         if waiter.is_set():
             return True
-        try:
-            current = await rt.client.get(PODS, meta["namespace"], meta["name"])
-        except ApiError as exc:
-            if exc.not_found:
-                return True
-            raise
-        if _obj_uid(current) != meta["uid"]:
+        if await rt.client.get_same(PODS, pod) is None:
             return True

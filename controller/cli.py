@@ -9,9 +9,11 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
+from .cliargs import OneLineParser, port, positive_float
 from .operator import DEFAULT_ARCHIVE_DIR, Options, run
 
 
@@ -48,39 +50,12 @@ def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING if level >= logging.INFO else level)
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {value!r}")
-    return number
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port: {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value!r}")
-    return port
-
-
 def add_common(parser: argparse.ArgumentParser, archive_default: str) -> None:
     parser.add_argument("--archive-dir", default=os.environ.get("AGENT_CONTROLLER_ARCHIVE_DIR", archive_default),
                         help="archive root (env AGENT_CONTROLLER_ARCHIVE_DIR; default %(default)s)")
-    parser.add_argument("--metrics-port", type=_port, default=9102, help="Prometheus /metrics port (%(default)s)")
+    parser.add_argument("--metrics-port", type=port, default=9102, help="Prometheus /metrics port (%(default)s)")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line (and exit 2), never a usage dump or a traceback."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="watch this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
     add_common(run_p, DEFAULT_ARCHIVE_DIR)
-    run_p.add_argument("--health-port", type=_port, default=8081, help="/healthz port (%(default)s)")
-    run_p.add_argument("--sweep-interval", type=_positive, default=60.0, help="seconds between sweeps (%(default)s)")
+    run_p.add_argument("--health-port", type=port, default=8081, help="/healthz port (%(default)s)")
+    run_p.add_argument("--sweep-interval", type=positive_float, default=60.0, help="seconds between sweeps (%(default)s)")
     run_p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     run_p.add_argument("--context", default=None)
     run_p.add_argument("--peering", default=None, metavar="NAME",

@@ -8,8 +8,9 @@ Handlers, the pod watcher, timers and the sweep only gather these inputs and exe
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from . import api, children
 from .names import AGENT_UID_LABEL, label_value
@@ -28,7 +29,7 @@ class PodState:
     owner_uid: str | None = None      # the agent-uid label
 
     @classmethod
-    def from_body(cls, pod: Mapping[str, Any]) -> "PodState":
+    def from_body(cls, pod: Mapping[str, Any]) -> PodState:
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         exit_code = None

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import errno
 import json
-import os
 import signal
 import socket
 import sys
@@ -21,7 +19,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
+
+from .cliargs import int_in, port
 
 NAMESPACE = "demo"
 PATHS = ("report", "exit0", "exit1", "kill", "deadline", "delete", "podlost")
@@ -111,11 +111,11 @@ def build_samples(count: int) -> list[Sample]:
 def add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the controller against an embedded API emulator with sample agents",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--agents", type=_count, default=len(PATHS), metavar="N",
+    p.add_argument("--agents", type=int_in(1, 5000, "number of agents"), default=len(PATHS), metavar="N",
                    help=f"number of sample agents (default {len(PATHS)}: one per path)")
     p.add_argument("--archive-dir", default="./agent-archive", help="archive root (default %(default)s)")
-    p.add_argument("--metrics-port", type=_port_arg, default=9102, help="Prometheus /metrics port (%(default)s)")
-    p.add_argument("--health-port", type=_port_arg, default=0, help="/healthz port (default: any free port)")
+    p.add_argument("--metrics-port", type=port, default=9102, help="Prometheus /metrics port (%(default)s)")
+    p.add_argument("--health-port", type=port, default=0, help="/healthz port (default: any free port)")
     p.add_argument("--kubeconfig-out", metavar="FILE",
                    help="write a kubeconfig for the emulator (then: kubectl --kubeconfig FILE get agents -w)")
     p.add_argument("--exit-when-done", action="store_true",
@@ -123,22 +123,6 @@ def add_demo_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=180.0, help="with --exit-when-done: give up after this many "
                                                                 "seconds (default %(default)s)")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
-
-
-def _count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 1 <= n <= 5000:
-        raise argparse.ArgumentTypeError("must be between 1 and 5000")
-    return n
-
-
-def _port_arg(value: str) -> int:
-    from .cli import _port
-
-    return _port(value)
 
 
 def _check_port(port: int) -> None:

@@ -125,8 +125,8 @@ async def agent_clock(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStop
             await stopped.wait(wake)
             continue
         try:
-            fresh = await rt.client.get(AGENTS, body.metadata.namespace, body.metadata.name)
-            if fresh["metadata"]["uid"] != body.metadata.uid:
+            fresh = await rt.client.get_same(AGENTS, body)
+            if fresh is None:
                 return
             # A terminal phase (deadline) is only recorded here; the cleanup it triggers runs in the
             # Agent's phase handler. A due cleanup delay or TTL is executed here.
@@ -166,13 +166,8 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kw
         state = None if etype == "DELETED" else PodState.from_body(body)
         if state is not None and not _pod_news(phase, state):
             return
-        try:
-            agent = await rt.client.get(AGENTS, ns, name)
-        except ApiError as exc:
-            if exc.not_found:
-                return
-            raise
-        if agent["metadata"]["uid"] != owner_uid:
+        agent = await rt.client.get_same(AGENTS, {"metadata": {"namespace": ns, "name": name, "uid": owner_uid}})
+        if agent is None:
             return
         await reconcile(rt, agent, pod=state, clean_up_now=False)
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class HealthServer:
-    def __init__(self, rt: Runtime, sweeper: "Sweeper", host: str = "0.0.0.0", metrics_port: int = 9102,
+    def __init__(self, rt: Runtime, sweeper: Sweeper, host: str = "0.0.0.0", metrics_port: int = 9102,
                  health_port: int = 8081):
         self.rt = rt
         self.sweeper = sweeper

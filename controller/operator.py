@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import kopf
 
@@ -121,7 +122,7 @@ class BackgroundController:
         self._ready = threading.Event()
         self.error: BaseException | None = None
 
-    def start(self, timeout: float = 60.0) -> "BackgroundController":
+    def start(self, timeout: float = 60.0) -> BackgroundController:
         self._thread = threading.Thread(target=self._main, name="agent-controller", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -136,7 +137,7 @@ class BackgroundController:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._amain())
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self.error = exc
             log.exception("controller crashed")
         finally:
@@ -184,8 +185,8 @@ class BackgroundController:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro_factory(), self._loop).result(timeout)
 
-    def __enter__(self) -> "BackgroundController":
+    def __enter__(self) -> BackgroundController:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

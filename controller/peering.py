@@ -12,8 +12,9 @@ import datetime
 import os
 import random
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .kube.client import ApiError, KubeClient, Resource
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import api, children
 from .cleanup import clean_up, patch_status
@@ -55,15 +56,9 @@ async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET, *,
         except ApiError as exc:
             if not exc.conflict:
                 raise
-        meta = agent["metadata"]
-        try:
-            fresh = await rt.client.get(AGENTS, meta["namespace"], meta["name"])
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        if fresh["metadata"]["uid"] != meta["uid"]:
-            return None   # deleted and re-created under the same name: not ours to touch
+        fresh = await rt.client.get_same(AGENTS, agent)
+        if fresh is None:
+            return None   # gone, or deleted and re-created under the same name: not ours to touch
         agent, pod = fresh, _UNSET
     raise ApiError(409, "Conflict", f"agent {agent['metadata']['name']} kept changing; will retry")
 

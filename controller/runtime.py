@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .archive import Archive
 from .kube.client import KubeClient
@@ -14,7 +14,7 @@ from .metrics import Metrics
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 class KeyedLocks:

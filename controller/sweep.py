@@ -18,8 +18,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import api
 from .cleanup import CleanupFailed, archive_and_stop_pods, clean_up, delete_child, post_event
@@ -83,7 +84,7 @@ def classify(agents: Sequence[Mapping[str, Any]], objects: Mapping[str, Sequence
 
 class Sweeper:
     def __init__(self, rt: Runtime, interval: float = 60.0, timeout: float | None = None,
-                 peering: "Peering | None" = None):
+                 peering: Peering | None = None):
         self.rt = rt
         self.peering = peering           # with standby replicas, only the active one sweeps
         self.interval = interval

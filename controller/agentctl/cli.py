@@ -17,23 +17,10 @@ from typing import NoReturn
 
 from controller import __version__
 from controller.agentctl.status import AGENT_PHASES, StatusError, UsageError
+from controller.cliargs import OneLineParser as _Parser
+from controller.cliargs import int_in
 
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a single line (exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _progress(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid progress {text!r}: must be an integer 0..100") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"invalid progress {value}: must be 0..100")
-    return value
+_progress = int_in(0, 100, "progress")
 
 
 def build_parser() -> argparse.ArgumentParser:

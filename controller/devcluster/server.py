@@ -1587,6 +1587,11 @@ class DevCluster:
             raise RuntimeError("devcluster failed to start") from self._start_error
         return self
 
+    def _rbac_listener(self, kind: str) -> Any:
+        def listener(bucket: Any, event: Any) -> None:
+            self.authorizer.invalidate(kind, event.entry.obj, deleted=event.type == "DELETED")
+        return listener
+
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -1619,8 +1624,7 @@ class DevCluster:
             (("rbac.authorization.k8s.io", "clusterrolebindings"), "ClusterRoleBinding"),
         ):
             # Incremental index updates keep thousands of per-agent Roles linear, not quadratic.
-            store.add_listener(key, lambda b, ev, kind=kind: self.authorizer.invalidate(
-                kind, ev.entry.obj, deleted=ev.type == "DELETED"))
+            store.add_listener(key, self._rbac_listener(kind))
         self.kubelet.attach(loop)
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             store.create(store.resolve("namespaces"), "", {"metadata": {"name": ns}})

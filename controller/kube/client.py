@@ -13,8 +13,9 @@ import logging
 import ssl
 import urllib.parse
 from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -89,7 +90,7 @@ class ClientConfig:
     default_namespace: str = "default"
 
     @classmethod
-    def load(cls, kubeconfig: str | None = None, context: str | None = None) -> "ClientConfig":
+    def load(cls, kubeconfig: str | None = None, context: str | None = None) -> ClientConfig:
         """In-cluster config when running in a pod (and no kubeconfig given), else the kubeconfig."""
         import os
 
@@ -172,7 +173,7 @@ class KubeClient:
                     if resp.status < 300:
                         return json.loads(text) if text else {}
                     err = _error(resp.status, text)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 err = ApiError(0, "TransportError", f"{type(exc).__name__}: {exc}")
             if (err.status in RETRYABLE or err.status == 0) and attempt <= self.retries:
                 await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
@@ -183,6 +184,17 @@ class KubeClient:
 
     async def get(self, res: Resource, namespace: str | None, name: str, sub: str | None = None) -> dict[str, Any]:
         return await self.request("GET", res.path(namespace, name, sub))
+
+    async def get_same(self, res: Resource, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The current state of `obj`, or None if it is gone or was re-created (another UID)."""
+        meta = obj["metadata"]
+        try:
+            current = await self.get(res, meta.get("namespace"), meta["name"])
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return current if current.get("metadata", {}).get("uid") == meta.get("uid") else None
 
     async def list(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None,
                    timeout: float | None = None) -> dict[str, Any]:
@@ -211,7 +223,7 @@ class KubeClient:
         return await self.request("DELETE", res.path(namespace, name), body=options)
 
     async def stream_log(self, namespace: str, pod: str, container: str, *, follow: bool = True,
-                         previous: bool = False) -> "LogStream":
+                         previous: bool = False) -> LogStream:
         """Open a pod-log stream; returns once the server answered (the stream is established)."""
         session = await self.session()
         params = {"container": container, "follow": "true" if follow else "false"}

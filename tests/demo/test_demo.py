@@ -76,9 +76,9 @@ def test_demo_runs_serves_metrics_kubectl_and_shuts_down_cleanly(tmp_path):
         time.sleep(0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
-        leaked = [float(v) for v in re.findall(r"^agent_controller_leaked_resources\{[^}]*\} (\S+)$", metrics, re.M)]
+        leaked = [float(v) for v in re.findall(r"^agent_controller_leaked_resources\{[^}]*\} (\S+)$", metrics, re.MULTILINE)]
         assert leaked and sum(leaked) == 0
-        assert re.search(r'^agent_controller_leaks_reaped_total\{kind="pod"\} 1\.0$', metrics, re.M)
+        assert re.search(r'^agent_controller_leaks_reaped_total\{kind="pod"\} 1\.0$', metrics, re.MULTILINE)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err

@@ -34,13 +34,13 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from helpers import Api, HttpError, leftovers, script
@@ -182,17 +182,29 @@ class Scenario:
             if value:
                 return value
             if time.monotonic() > self.deadline:
-                raise Broken(f"timed out: {what}")
+                raise Broken(f"timed out: {what} ({self.describe()})")
             time.sleep(POLL)
+
+    def describe(self) -> str:
+        """Where the agents are, for the message of a timeout."""
+        out = []
+        for ns in (self.ns, self.ns2):
+            for agent in self.api.call("GET", f"/apis/agentcontroller.dev/v1alpha1/namespaces/{ns}/agents")["items"]:
+                status = agent.get("status") or {}
+                out.append(f"{agent['metadata']['name']}: {status.get('phase') or 'no status'}"
+                           + (f"/cleanup {status['cleanup'].get('state')}" if status.get("cleanup") else ""))
+        return ", ".join(out) or "no agents left"
 
     def symptoms(self) -> None:
         if self.ctl.error is not None or (self.ctl._thread is not None and not self.ctl._thread.is_alive()):
             raise Broken(f"the controller stopped: {self.ctl.error!r}")
         for ns in (self.ns, self.ns2):
             for ev in self.api.events(ns):
-                if ev.get("type") == "Warning" and "forbidden" in (ev.get("message") or "").lower():
+                # Warning: the controller's own Events (CleanupFailed); Error: kopf's (a handler
+                # failed and will be retried; with static RBAC it fails again, forever).
+                if ev.get("type") in ("Warning", "Error") and "forbidden" in (ev.get("message") or "").lower():
                     obj = ev.get("involvedObject") or {}
-                    raise Broken(f"Warning Event on {obj.get('kind')} {obj.get('name')}: "
+                    raise Broken(f"{ev.get('type')} Event on {obj.get('kind')} {obj.get('name')}: "
                                  f"{ev.get('reason')}: {ev.get('message')}")
 
     def status(self, ns: str, name: str) -> dict[str, Any]:
@@ -219,6 +231,10 @@ class Scenario:
                 raise Broken(f"cleanup of {name} is Retrying: {cleanup.get('errors')}")
             return False
         return check
+
+    def event(self, ns: str, reason: str, uid: str) -> Callable[[], bool]:
+        return lambda: any(e.get("reason") == reason and (e.get("involvedObject") or {}).get("uid") == uid
+                           for e in self.api.events(ns))
 
     def create(self, ns: str, name: str, spec: dict[str, Any]) -> None:
         self.uids[name] = self.api.create_agent(ns, name, {"image": "agent:1", **spec})["metadata"]["uid"]
@@ -261,11 +277,14 @@ class Scenario:
                            {"report": {"phase": "Completed", "progress": 100, "message": "all done"}},
                            {"sleep": 3600}],
                           on_term=[{"log": "SIGTERM: flushing\n"}, {"exit": 0}])})
-        self.create(ns, "exit", {"env": script([{"log": "working\n"}, {"exit": 1}])})
+        self.create(ns, "exit", {"env": script([{"log": "working\n"}, {"sleep": 3600}])})
         self.create(ns, "kill", {"prompt": "k", "env": script([{"log": "running\n"}, {"sleep": 3600}])})
         self.create(ns, "del", {"prompt": "d", "env": script([{"log": "about to be deleted\n"}, {"sleep": 3600}])})
         self.create(ns, "ttl", {"ttlSecondsAfterFinished": 0, "env": script([{"log": "short\n"}, {"exit": 0}])})
 
+        # The container of `exit` exits once the agent is Running (only the pod watch tells).
+        self.until(self.phase_is(ns, "exit", "Running"), "exit Running")
+        self.env.cluster.kubelet.exit(ns, "exit", 1)
         self.until(self.phase_is(ns, "kill", "Running"), "kill Running")
         api.patch_agent(ns, "kill", {"spec": {"terminate": True}})
         self.until(self.phase_is(ns, "del", "Running"), "del Running")
@@ -291,9 +310,7 @@ class Scenario:
             if not (directory / "MANIFEST.json").exists():
                 raise Broken(f"no archive of {name}")
         for (where, name) in list(expected) + [(ns, "del"), (ns, "ttl")]:
-            uid = self.uids[name]
-            self.until(lambda: any(e.get("reason") == "CleanedUp" and e["involvedObject"].get("uid") == uid
-                                   for e in api.events(where)), f"CleanedUp Event of {name}")
+            self.until(self.event(where, "CleanedUp", self.uids[name]), f"CleanedUp Event of {name}")
 
         # The safety net.
         report = self.ctl.sweep(timeout=max(1.0, self.deadline - time.monotonic()))
@@ -305,7 +322,7 @@ class Scenario:
             raise Broken(f"the sweep reaped {dict(report.reaped)}, expected the orphan pod and configmap")
         if not (self.env.archive_dir / ns / "_orphans" / orphan_pod["metadata"]["uid"] / "MANIFEST.json").exists():
             raise Broken("the orphan pod was not archived")
-        self.until(lambda: any(e.get("reason") == "LeakReaped" for e in api.events(ns)), "LeakReaped Event")
+        self.until(self.event(ns, "LeakReaped", orphan_pod["metadata"]["uid"]), "LeakReaped Event")
 
         for where in (ns, ns2):
             left = leftovers(api, where, MANAGED)
@@ -318,7 +335,7 @@ def run_scenario(env: Env, budget: float = BUDGET) -> float:
     """Start the controller, run the scenario, stop the controller."""
     try:
         ctl = env.controller()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise Broken(f"the controller did not start: {exc}") from exc
     try:
         return Scenario(env, ctl, budget).run()
@@ -375,9 +392,15 @@ def test_full_cluster_role_passes_the_scenario(full_env: Env, rbac: dict[str, An
     seconds = run_scenario(full_env)
     assert seconds < FULL_ROLE_MAX_SECONDS, (
         f"the full role needed {seconds:.1f}s: the budget of the broken runs ({BUDGET}s) is too tight")
-    # Everything the role grants was used by the controller's ServiceAccount ...
+    # The only request of the controller the role denies is kopf's optional observation of
+    # CustomResourceDefinitions (it would notice CRDs created after its start). kopf retries that
+    # list a few times, logs a warning and carries on: the scenario above passed without it, so
+    # the role does not grant it. (All-namespaces mode never lists namespaces; discovery is
+    # allowed to every authenticated user by system:discovery.)
+    granted = {(verb, resource) for _, resource, verb in grants(rbac["ClusterRole"]["rules"])}
     used = full_env.cluster.requests_by_user[full_env.sa_user]
-    logging.getLogger(__name__).info("requests of the controller: %s", sorted(used.items()))
+    denied = {key for key in used if not key[1].startswith("/") and key not in granted}
+    assert denied == {("list", "customresourcedefinitions")}, sorted(used.items())
 
 
 def _chart_grants() -> list[Grant]:

@@ -9,7 +9,7 @@ import pytest
 from controller import api
 from controller.decide import PodState, decide, next_wakeup
 
-NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 UID = "0b0c0d0e-1111-2222-3333-444455556666"
 
 

@@ -8,7 +8,7 @@ from controller import api
 from controller.peering import Peering
 from controller.sweep import classify
 
-NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
 
 def seen(seconds_ago: float) -> str:

@@ -7,9 +7,17 @@ Roles (watchNamespaces), so the two cannot drift. Exactly what the controller ca
 - pods (+ pods/log for the archive), the prompt ConfigMaps, and the agent's own credentials
   (ServiceAccount, Role, RoleBinding). The Roles it creates grant `get` on agents and
   `get`/`patch` on agents/status, which the controller holds itself, so neither `escalate` nor
-  `bind` is needed;
-- events, in both APIs.
-API discovery needs no rule (system:discovery allows it to every authenticated user).
+  `bind` is needed (that is also the only reason for `get` on agents/status: the controller never
+  reads it, but RBAC lets it grant only what it holds). `get` on the ConfigMaps and credentials:
+  a retried creation that meets its own object (409) reads it to check the owner;
+- events (core/v1): `create` only. The controller's Events (cleanup.post_event) and kopf's are
+  always new objects (POST); neither patches Events nor uses events.k8s.io, so `patch` and the
+  events.k8s.io rule were removed (tests/rbac proves the scenarios pass without them).
+API discovery needs no rule (system:discovery allows it to every authenticated user). kopf's
+optional watch of CustomResourceDefinitions (to notice CRDs created after it started) is denied on
+purpose: kopf logs a warning and works without it.
+Every rule is needed: tests/rbac/test_rbac_sufficiency.py removes each verb in turn and the
+scenarios break.
 */}}
 {{- define "agent-controller.rbacRules" -}}
 - apiGroups: ["agentcontroller.dev"]
@@ -32,10 +40,7 @@ API discovery needs no rule (system:discovery allows it to every authenticated u
   verbs: ["get", "list", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
