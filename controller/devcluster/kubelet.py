@@ -263,6 +263,7 @@ class Kubelet:
         self.graveyard: OrderedDict[tuple[str, str], dict[str, tuple[bytes, bytes | None]]] = OrderedDict()
         self.waiting: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
         self.reports: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self.lost: set[tuple[str, str]] = set()   # pods on a "lost node": the kubelet no longer acts on them
         self._ip = 0
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -319,6 +320,15 @@ class Kubelet:
                 self._pod(ns, pod), "Evicted", "The node was low on resource: memory. "
             )
         )
+
+    def lose_node(self, ns: str, pod: str) -> None:
+        """The pod's node is gone: its kubelet never finishes a graceful deletion (the pod stays
+        Terminating) and its log streams stay open; only a force delete (grace 0) removes it."""
+
+        def fn() -> None:
+            self.lost.add((ns, pod))
+
+        self._run_sync(fn)
 
     def served_log(self, ns: str, pod: str, container: str | None = None, previous: bool = False) -> bytes:
         """Everything the container wrote (also after the pod is gone, while remembered)."""
@@ -418,7 +428,7 @@ class Kubelet:
             if p2 is None or p2.uid != ev.entry.uid:
                 return
             md = obj["metadata"]
-            if "deletionTimestamp" in md:
+            if "deletionTimestamp" in md and key not in self.lost:
                 grace = int(md.get("deletionGracePeriodSeconds") or 0)
                 if not p2.terminating:
                     self._soon(lambda: self._begin_termination(p2, grace))
@@ -429,6 +439,7 @@ class Kubelet:
             if p3 is None or p3.uid != ev.entry.uid:
                 return
             del self.pods[key]
+            self.lost.discard(key)
             p3.removed = True
             self._cancel(p3)
             self.graveyard[key] = {

@@ -216,3 +216,18 @@ def test_twenty_agents_completing_at_once(api, ns, controller, cluster, archive_
         agent = wait_for(cleaned(api, ns, n), timeout=120)
         assert (archive_path(archive_dir, agent) / "agent.log").read_bytes() == f"{n}\n".encode()
     assert leftovers(api, ns, "app.kubernetes.io/managed-by=agent-controller") == {}
+
+
+def test_pod_on_a_lost_node_is_force_deleted_after_grace_plus_30s(api, ns, controller, cluster, archive_dir):
+    # The test controller uses force_delete_after=2 s instead of 30 s (Options.force_delete_after).
+    created = api.create_agent(ns, "stuck", {"image": "agent:1", "cleanup": {"gracePeriodSeconds": 1},
+                                             "env": script([{"log": "on a doomed node\n"}, {"sleep": 3600}])})
+    wait_for(lambda: api.agent(ns, "stuck").get("status", {}).get("phase") == "Running")
+    cluster.kubelet.lose_node(ns, "stuck")
+    before = cluster.requests[("delete", "pods")]
+    api.patch_agent(ns, "stuck", {"status": {"phase": "Completed"}}, status=True)
+    agent = wait_for(cleaned(api, ns, "stuck"), timeout=120)
+    assert cluster.requests[("delete", "pods")] - before == 2      # graceful, then forced
+    assert agent["status"]["cleanup"]["podDeleted"] is True
+    assert (archive_path(archive_dir, agent) / "agent.log").read_bytes() == b"on a doomed node\n"
+    assert leftovers(api, ns, SEL + created["metadata"]["uid"]) == {}

@@ -1,0 +1,1 @@
+"""agent-controller benchmark: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,143 @@
+"""`python -m bench`: measure agent-controller (burst, idle latency, API cost, scale).
+
+Runs against the in-process API emulator by default, or against any cluster with --kubeconfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .backends import ClusterBackend, EmulatorBackend, machine_info, make_workdir
+from .report import strip_samples, write_all
+from .scenarios import Env, Sizes, burst, idle, scale
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results"
+PHASES = ("burst", "idle", "scale")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", type=int, default=None, metavar="N", help="burst size (default 1000; --quick: 10)")
+    p.add_argument("--idle-agents", type=int, default=None, metavar="N",
+                   help="idle-latency runs, one agent at a time (default 100; --quick: 6)")
+    p.add_argument("--scale", default=None, metavar="N,N,...",
+                   help="Agents present for the RSS/sweep steps (default 1000,2000,10000; --quick: 20,40)")
+    p.add_argument("--sweep-interval", type=float, default=None,
+                   help="the scale controller's --sweep-interval (default 15; --quick: 1)")
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help=f"comma-separated subset of {','.join(PHASES)} (idle also measures the API cost)")
+    p.add_argument("--kubeconfig", default=None, metavar="FILE",
+                   help="run against this cluster (creates and deletes its own namespaces) instead of the emulator")
+    p.add_argument("--context", default=None, help="kubeconfig context (with --kubeconfig)")
+    p.add_argument("--image", default="busybox:1.36",
+                   help="agent image with --kubeconfig (needs sh; default %(default)s)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="JSON result (default bench/results/<date>-<machine>.json); .md and .png next to it")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
+    p.add_argument("--keep-workdir", action="store_true", help="keep controller logs and archives")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    if args.quick:
+        s = Sizes(burst=10, idle=6, scale=(20, 40), sweep_interval=1.0)
+    else:
+        s = Sizes()
+    if args.agents is not None:
+        s.burst = args.agents
+    if args.idle_agents is not None:
+        s.idle = args.idle_agents
+    if args.scale:
+        s.scale = tuple(int(x) for x in args.scale.split(",") if x.strip())
+    if args.sweep_interval is not None:
+        s.sweep_interval = args.sweep_interval
+    return s
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    backend = (ClusterBackend(args.kubeconfig, args.image, args.context) if args.kubeconfig
+               else EmulatorBackend())
+    workdir = make_workdir()
+    env = Env(backend=backend, workdir=workdir, sizes=sizes_from(args))
+    result: dict[str, Any] = {
+        "backend": backend.name,
+        "date": datetime.date.today().isoformat(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": bool(args.quick),
+        "machine": machine_info(),
+        "sizes": {"burst": env.sizes.burst, "idle": env.sizes.idle, "scale": list(env.sizes.scale),
+                  "sweep_interval": env.sizes.sweep_interval},
+    }
+    samples: dict[str, Any] = {}
+    began = time.monotonic()
+    await backend.setup(workdir)
+    if backend.name == "cluster":
+        result["server"] = backend.client.server if backend.client else None
+    try:
+        if "burst" in phases:
+            log.info("burst: %d agents", env.sizes.burst)
+            result["burst"] = await burst(env)
+            samples["burst"] = result["burst"].get("_samples", {})
+            log.info("burst: %s", _brief(result["burst"]))
+        if "idle" in phases:
+            log.info("idle: %d agents, one at a time", env.sizes.idle)
+            result["idle"], result["api"] = await idle(env)
+            samples["idle"] = result["idle"].get("_samples", {})
+            log.info("idle: %s", _brief(result["idle"]))
+            log.info("api: %s", _brief(result["api"]))
+        if "scale" in phases:
+            log.info("scale: %s Agents", ",".join(map(str, env.sizes.scale)))
+            result["scale"] = await scale(env)
+            log.info("scale: %s", _brief(result["scale"]))
+    finally:
+        await backend.teardown()
+        if args.keep_workdir:
+            result["workdir"] = str(workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["notes"] = env.notes
+    result["elapsed_seconds"] = round(time.monotonic() - began, 1)
+    for key in ("burst", "idle", "api", "scale"):
+        result.setdefault(key, None)
+    return strip_samples(result) | {"_samples": samples}
+
+
+def _brief(d: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in d.items() if not isinstance(v, (dict, list))})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    if args.output:
+        out = Path(args.output)
+    else:
+        out = RESULTS / f"{datetime.date.today().isoformat()}-{platform.node() or 'machine'}.json"
+    result = asyncio.run(run(args))
+    samples = result.pop("_samples")
+    outputs = write_all(result, samples, out)
+    for kind, path in outputs.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
