@@ -113,7 +113,7 @@ def test_demo_200_agents(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--agents", "0"], "must be between 1 and 5000"),
+    (["--agents", "0"], "out of range: 0 (must be 1..5000)"),
     (["--agents", "x"], "not a number"),
     (["--metrics-port", "99999"], "port out of range"),
     (["--bogus"], "unrecognized arguments"),
