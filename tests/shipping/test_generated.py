@@ -27,8 +27,9 @@ def test_generated_files_are_not_stale() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_hadolint_dockerfile() -> None:
-    proc = run([tool("hadolint"), str(ROOT / "Dockerfile")], check=False)
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "examples/agent-image/Dockerfile"])
+def test_hadolint_dockerfile(dockerfile: str) -> None:
+    proc = run([tool("hadolint"), str(ROOT / dockerfile)], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

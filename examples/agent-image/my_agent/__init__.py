@@ -1,0 +1,1 @@
+"""A minimal example agent: reads its prompt, reports progress through its own Agent status."""
