@@ -14,8 +14,9 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .backends import ClusterBackend, EmulatorBackend, machine_info, make_workdir
 from .report import strip_samples, write_all
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON result (default bench/results/<date>-<machine>.json); .md and .png next to it")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
     p.add_argument("--keep-workdir", action="store_true", help="keep controller logs and archives")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="profile the controller with py-spy during the burst (raw collapsed stacks into DIR)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -75,12 +78,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     backend = (ClusterBackend(args.kubeconfig, args.image, args.context) if args.kubeconfig
                else EmulatorBackend())
     workdir = make_workdir()
-    env = Env(backend=backend, workdir=workdir, sizes=sizes_from(args))
+    env = Env(backend=backend, workdir=workdir, sizes=sizes_from(args),
+              profile_dir=Path(args.profile) if args.profile else None)
     result: dict[str, Any] = {
         "backend": backend.name,
         "date": datetime.date.today().isoformat(),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
+        "pod_path": backend.pod_path_label,    # how the "pod" half of the agents ends
         "machine": machine_info(),
         "sizes": {"burst": env.sizes.burst, "idle": env.sizes.idle, "scale": list(env.sizes.scale),
                   "sweep_interval": env.sizes.sweep_interval},

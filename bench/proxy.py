@@ -133,9 +133,12 @@ class CountingProxy:
                 if k.lower() not in _HOP:
                     resp.headers[k] = v
             await resp.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError, aiohttp.ClientPayloadError):
+                pass    # the controller hung up (a watch or log stream it no longer needs)
             return resp
         finally:
             upstream.release()

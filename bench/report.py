@@ -4,8 +4,9 @@ the latency distributions. Every output names the backend that produced it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # (label, JSON path, target text, check(value) -> bool)
 TARGETS: list[tuple[str, str, str, Callable[[Any], bool]]] = [
@@ -85,9 +86,9 @@ def markdown(result: dict[str, Any]) -> str:
                   f"Per lifecycle: **{api.get('requests_per_lifecycle')}** "
                   f"(creation {api.get('requests_per_creation')}); per cleanup: "
                   f"**{api.get('requests_per_cleanup')}** (report path {api.get('requests_per_cleanup_report')}, "
-                  f"pod path {api.get('requests_per_cleanup_pod')}).", ""]
+                  f"pod path — {result.get('pod_path')} — {api.get('requests_per_cleanup_pod')}).", ""]
         for key, title in (("cleanup_report_by_request", "cleanup, agent reported Completed"),
-                           ("cleanup_pod_by_request", "cleanup, pod exited"),
+                           ("cleanup_pod_by_request", f"cleanup, {result.get('pod_path', 'pod exited')}"),
                            ("creation_by_request", "creation until Running")):
             rows = api.get(key) or {}
             if rows:

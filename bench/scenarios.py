@@ -10,9 +10,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .backends import Backend, Recorder
 from .client import HttpError, gather_limited
@@ -37,6 +38,7 @@ class Env:
     workdir: Path
     sizes: Sizes
     notes: list[str] = field(default_factory=list)
+    profile_dir: Path | None = None     # py-spy profiles of the controller during the burst
 
 
 # ------------------------------------------------------------------ helpers
@@ -51,13 +53,14 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, interval: fl
     return predicate()
 
 
-async def settle(rec: Recorder, quiet: float = 0.15, timeout: float = 30.0) -> None:
-    """Until the controller has sent no request for `quiet` seconds."""
+async def settle(rec: Recorder, quiet: float = 0.15, timeout: float = 30.0) -> bool:
+    """Until the controller has sent no request for `quiet` seconds; False if it never went quiet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if time.monotonic() - rec.last_request >= quiet:
-            return
+            return True
         await asyncio.sleep(quiet / 5)
+    return False
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -116,7 +119,7 @@ class Controller:
         await asyncio.to_thread(self.proc.start)
         return self.proc
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.proc.stop)
 
 
@@ -187,6 +190,36 @@ async def drop_namespace(env: Env, ns: str, ctl: ControllerProcess | None) -> No
         env.notes.append(f"namespace {ns} not deleted: {exc}")
 
 
+def own_cpu_seconds() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return float(t.user + t.system)
+
+
+def start_profiler(env: Env, ctl: ControllerProcess, label: str) -> Any:
+    """py-spy on the controller process (optional: --profile DIR), raw collapsed stacks."""
+    if env.profile_dir is None:
+        return None
+    import subprocess
+
+    env.profile_dir.mkdir(parents=True, exist_ok=True)
+    out = env.profile_dir / f"controller-{label}.txt"
+    proc = subprocess.Popen(["py-spy", "record", "-p", str(ctl.pid), "-r", "200", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)   # attached
+    return proc
+
+
+def stop_profiler(proc: Any) -> None:
+    if proc is None:
+        return
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+
+
 # ------------------------------------------------------------------ 1. burst
 
 
@@ -203,12 +236,14 @@ async def burst(env: Env) -> dict[str, Any]:
             await settle(rec, 0.5)
             rss_running = ctl.rss_mb()
             report, by_pod = names[0::2], names[1::2]
-            before, cpu0 = rec.snapshot(), ctl.cpu_seconds()
+            before, cpu0, own0 = rec.snapshot(), ctl.cpu_seconds(), own_cpu_seconds()
+            profiler = start_profiler(env, ctl, "burst")
             t0 = time.monotonic()
             await trigger(env, rec, ns, report, by_pod)
             t_triggered = time.monotonic()
             budget = 60.0 + env.sizes.timeout_per_agent * n
             done = await wait_until(lambda: all(x in rec.verified for x in names), budget, 0.02)
+            stop_profiler(profiler)
             verified = [x for x in names if x in rec.verified]
             t_end = max((rec.verified[x] for x in verified), default=time.monotonic())
             starts = [s for s in (rec.start_of(x) for x in names) if s is not None]
@@ -217,6 +252,7 @@ async def burst(env: Env) -> dict[str, Any]:
             await settle(rec, 0.5)
             cost = rec.snapshot() - before
             cpu = ctl.cpu_seconds() - cpu0
+            own_cpu = own_cpu_seconds() - own0
             rss_after = ctl.rss_mb()
             await drop_namespace(env, ns, ctl)
     finally:
@@ -245,6 +281,9 @@ async def burst(env: Env) -> dict[str, Any]:
         "requests_per_cleanup": round(total(cost) / max(1, len(verified)), 2),
         "requests_per_cleanup_by_request": by_request(cost, max(1, len(verified))),
         "controller_cpu_seconds": round(cpu, 2),
+        "controller_cpu_ms_per_cleanup": round(1000 * cpu / max(1, len(verified)), 2),
+        # The bench's own process: the emulator (API server + kubelet) when it is the backend, and the driver.
+        "bench_process_cpu_seconds": round(own_cpu, 2),
         "controller_rss_mb_running": round(rss_running, 1),
         "controller_rss_mb_after": round(rss_after, 1),
         "_samples": {"terminal_to_pod_delete_s": delete_lat, "terminal_to_verified_s": verify_lat},
@@ -265,8 +304,9 @@ async def idle(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
     cleanup: dict[str, Counter[tuple[str, str]]] = {"report": Counter(), "pod": Counter()}
     runs = {"report": 0, "pod": 0}
     names: list[str] = []
+    cleanup_cpu = 0.0
     try:
-        async with Controller(env, ns):
+        async with Controller(env, ns) as ctl:
             await warm_up(env, rec, ns)
             for i in range(count):
                 name = f"i{i:04d}"
@@ -277,11 +317,13 @@ async def idle(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
                 await create_running(env, rec, ns, [name], first_index=i, timeout=60.0)
                 await settle(rec, 0.15)
                 c1 = rec.snapshot()
+                cpu1 = ctl.cpu_seconds()
                 await trigger(env, rec, ns, [name] if path == "report" else [], [name] if path == "pod" else [])
                 if not await wait_until(lambda: name in rec.verified, 60.0, 0.002):
                     raise RuntimeError(f"idle agent {name} not cleaned up within 60 s")
                 await settle(rec, 0.15)
                 c2 = rec.snapshot()
+                cleanup_cpu += ctl.cpu_seconds() - cpu1
                 lifecycle += c2 - c0
                 creation += c1 - c0
                 cleanup[path] += c2 - c1
@@ -304,6 +346,7 @@ async def idle(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
         "terminal_to_pod_delete_ms": dist_ms(delete_lat),
         "terminal_to_verified_ms": dist_ms(verify_lat),
         "by_path": by_path,
+        "controller_cpu_ms_per_cleanup": round(1000 * cleanup_cpu / max(1, count), 2),
         "_samples": {"terminal_to_pod_delete_s": delete_lat, "terminal_to_verified_s": verify_lat},
     }
     all_cleanups = cleanup["report"] + cleanup["pod"]
@@ -343,13 +386,18 @@ async def scale(env: Env) -> dict[str, Any]:
                 create_seconds = await create_running(env, rec, ns, names, first_index=present,
                                                       timeout=120.0 + 0.1 * len(names))
                 present = target
-                await settle(rec, 1.0, timeout=120.0)
+                # Idle: the controller has finished with every agent (no request for a while).
+                quiet = min(2.0, sizes.sweep_interval / 3)
+                settled = await settle(rec, quiet, timeout=300.0 + 0.05 * target)
+                if not settled:
+                    env.notes.append(f"scale: the controller was still busy {300 + 0.05 * target:.0f} s after "
+                                     f"{target} agents were Running")
                 rss_idle = ctl.rss_mb()
                 sweep = await _next_sweep(ctl, rec, sizes.sweep_interval)
                 sweep["sweep_objects"] = await backend.count_managed(ns)
                 await settle(rec, 0.5)
                 rss_after_sweep = ctl.rss_mb()
-                steps.append({"agents": target, "create_seconds": round(create_seconds, 1),
+                steps.append({"agents": target, "create_seconds": round(create_seconds, 1), "settled": settled,
                               "rss_mb_idle": round(rss_idle, 1), "rss_mb_after_sweep": round(rss_after_sweep, 1),
                               "rss_mb": round(max(rss_idle, rss_after_sweep), 1), **sweep})
                 log.info("scale: %d agents: %s", target, steps[-1])
@@ -389,7 +437,7 @@ async def _next_sweep(ctl: ControllerProcess, rec: Recorder, interval: float) ->
     before = rec.snapshot()
     c2, s2 = await completion(c1)
     cost = rec.snapshot() - before
-    lists = Counter({k: v for k, v in cost.items() if k[0] == "list"})
+    lists = Counter({k: v for k, v in cost.items() if k[0] in ("list", "get")})
     return {"sweep_seconds": round((s2 - s1) / max(1.0, c2 - c1), 3),
             "sweep_requests": total(cost),
             "sweep_by_request": by_request(cost),

@@ -11,8 +11,21 @@ Order (SPEC §4):
 2. Stop the pod: delete with its grace period and a UID precondition; force (grace 0) after
    grace + 30 s.
 3. Delete the prompt ConfigMap and the credentials (UID preconditions).
-4. Verify: list every managed kind by the agent-uid label; nothing may be left.
+4. Verify: nothing may be left. The pods: a fresh list by the agent-uid label (a pod still
+   terminating counts as left). The prompt and the credentials: the API server's answer to each
+   delete (removed, 404, or 409 = the name holds another UID now; an object still being finalized
+   counts as left).
 5. Record: status.cleanup Succeeded, condition CleanedUp, an Event, metrics.
+
+Which children exist is known without a request when this process created them (`rt.children`,
+see runtime.ChildCache). Otherwise — after a restart, on any retry, on the sweep's recheck — the
+cleanup is thorough: one list per managed kind by the agent-uid label before the deletes, and again
+after them.
+
+Requests of a first attempt for an agent this process created, with a prompt: 9 — a log stream per
+container, 5 deletes, 1 pod list, status Succeeded, the Event — plus status Running if it takes
+longer than RUNNING_MARK_AFTER (a pod that takes its grace period). Retries and thorough runs write
+Running first, and list (5 + 5).
 
 Data first: if archiving fails, nothing is deleted; the error is recorded, state is Retrying, and
 the caller retries with exponential backoff (cap 5 min).
@@ -24,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +45,7 @@ from . import api
 from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
 from .kube.client import AGENTS, EVENTS, KIND_RESOURCES, PODS, ApiError, LogStream
 from .names import PROMPT_KEY, uid_selector
-from .runtime import Runtime
+from .runtime import POD_FINISHED, Child, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +97,19 @@ async def list_children(rt: Runtime, namespace: str, agent_uid: str) -> dict[str
     return {k: list(result.get("items") or []) for k, result in zip(kinds, lists)}
 
 
-async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: int | None = None) -> None:
-    """Delete with a UID precondition: gone (404) or replaced by someone else's object (409) is fine."""
+async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: int | None = None) -> bool:
+    """Delete with a UID precondition. Returns True when the API server's answer says this object (this
+    UID) no longer exists: removed (a Status, or the deleted object without deletionTimestamp), 404, or
+    409 (the name now holds another UID). False: it still exists, terminating (finalizers, a pod's grace)."""
     meta = obj["metadata"]
     try:
-        await rt.client.delete(KIND_RESOURCES[kind], meta.get("namespace"), meta["name"], uid=meta["uid"],
-                               grace_period_seconds=grace)
+        answer = await rt.client.delete(KIND_RESOURCES[kind], meta.get("namespace"), meta["name"],
+                                        uid=meta["uid"], grace_period_seconds=grace)
     except ApiError as exc:
-        if exc.status not in (404, 409):
-            raise
+        if exc.status in (404, 409):
+            return True
+        raise
+    return not (answer.get("metadata") or {}).get("deletionTimestamp")
 
 
 async def post_event(rt: Runtime, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -139,10 +156,38 @@ async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str | None = 
             if uid in rt.cleaned or cleanup.get("state") == api.CLEANUP_SUCCEEDED:
                 rt.cleaned.add(uid)
                 return Outcome(trigger=trigger, done=True, already=True)
-        return await _clean_up_locked(rt, agent, trigger)
+        return await _clean_up_locked(rt, agent, trigger, thorough=recheck)
 
 
-async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) -> Outcome:
+async def _children_of(rt: Runtime, ns: str, uid: str,
+                       known: tuple[Child, ...] | None) -> tuple[dict[str, list[dict[str, Any]]], bool]:
+    """The agent's children before the deletes: what this process created (`known`, no request), else
+    one list per kind. Returns (children, listed)."""
+    if known is None:
+        return await list_children(rt, ns, uid), True
+    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KIND_RESOURCES}
+    for child in known:
+        found[child.kind].append(child.body(ns))
+    return found, False
+
+
+async def _left_after(rt: Runtime, ns: str, uid: str, listed: bool, deletes: list[tuple[str, dict[str, Any]]],
+                      gone: list[bool]) -> dict[str, list[dict[str, Any]]]:
+    """What is left after the deletes. After a thorough run: one list per kind. Otherwise the deletes'
+    own answers for the prompt and the credentials (authoritative for each object this process created)
+    and a fresh list of the pods by the agent-uid label (a pod still terminating counts as left)."""
+    if listed:
+        return await list_children(rt, ns, uid)
+    left: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KIND_RESOURCES}
+    pods = await rt.client.list(PODS, ns, label_selector=uid_selector(uid))
+    left["pod"] = list(pods.get("items") or [])
+    for (kind, obj), ok in zip(deletes, gone):
+        if not ok:
+            left[kind].append(obj)
+    return left
+
+
+async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool = False) -> Outcome:
     meta = agent["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
     spec = api.AgentSpec.from_dict(agent.get("spec") or {})
@@ -157,33 +202,46 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
     recorded: dict[str, Any] = {"state": api.CLEANUP_RUNNING, "trigger": cleanup.get("trigger") or trigger,
                                 "attempts": attempts}
 
+    start: dict[str, Any] = {"cleanup": recorded}
+    if not status.get("completionTime"):
+        start["completionTime"] = api.format_time(finished_at)
+    # The fast path: the first attempt for an agent whose children this process created. Its state
+    # `Running` is published only if it takes longer than RUNNING_MARK_AFTER (e.g. a pod that uses
+    # its grace period); a quick one goes from Pending to Succeeded in one write. Any other attempt
+    # records it first.
+    known = None if thorough or attempts > 1 else rt.children.get(uid, name)
+    fast = known is not None
+    marker: RunningMark | None = None
     try:
-        start: dict[str, Any] = {"cleanup": recorded}
-        if not status.get("completionTime"):
-            start["completionTime"] = api.format_time(finished_at)
-        try:
-            snapshot = await patch_status(rt, agent, start)
-        except ApiError as exc:
-            if exc.not_found:   # the Agent is gone for good; the sweep owns whatever is left
-                return Outcome(trigger=trigger, done=True, already=True)
-            raise
-        if snapshot.get("metadata", {}).get("uid") != uid:
-            return Outcome(trigger=trigger, done=True, already=True)   # re-created under the same name
+        if fast:
+            snapshot = {**agent, "status": {**status, **start}}
+            marker = RunningMark(rt, agent, start, RUNNING_MARK_AFTER)
+        else:
+            try:
+                snapshot = await patch_status(rt, agent, start)
+            except ApiError as exc:
+                if exc.not_found:   # the Agent is gone for good; the sweep owns whatever is left
+                    return Outcome(trigger=trigger, done=True, already=True)
+                raise
+            if snapshot.get("metadata", {}).get("uid") != uid:
+                return Outcome(trigger=trigger, done=True, already=True)   # re-created under the same name
 
-        found = await list_children(rt, ns, uid)
+        # Not the fast path (a retry, the sweep's recheck, an agent from before this process): lists.
+        found, listed = await _children_of(rt, ns, uid, known)
         directory = rt.archive.agent_dir(ns, name, uid)
         archived = None
         if spec.cleanup.logs == api.LOGS_ARCHIVE:
             archived = await archive_and_stop_pods(rt, directory, found["pod"], spec.cleanup.grace_period_seconds,
-                                                   extra_files=_agent_files(snapshot, spec))
+                                                   extra_files=lambda: _agent_files(snapshot, spec))
             outcome.archive = archived
             outcome.new_bytes = 0 if archived.already_existed else archived.bytes
         else:
             await stop_pods(rt, found["pod"], spec.cleanup.grace_period_seconds)
 
-        await asyncio.gather(*(delete_child(rt, kind, obj) for kind in DELETE_ORDER for obj in found[kind]))
+        deletes = [(kind, obj) for kind in DELETE_ORDER for obj in found[kind]]
+        gone = list(await asyncio.gather(*(delete_child(rt, kind, obj) for kind, obj in deletes)))
 
-        left = await list_children(rt, ns, uid)
+        left = await _left_after(rt, ns, uid, listed, deletes, gone)
         outcome.left = {k: [_obj_name(o) for o in v] for k, v in left.items() if v}
         recorded.update({
             "podDeleted": not left["pod"],
@@ -202,7 +260,10 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         done_at = rt.clock()
         recorded.update({"state": api.CLEANUP_SUCCEEDED, "completionTime": api.format_time(done_at),
                          "errors": errors})
+        if marker is not None:
+            await marker.settle()     # a `Running` write in flight lands before `Succeeded`
         final = await patch_status(rt, agent, {
+            **start,
             "cleanup": recorded,
             "conditions": api.conditions_for(status.get("phase"), status.get("reason"), api.CLEANUP_SUCCEEDED,
                                              status.get("conditions"), done_at, status.get("message") or ""),
@@ -210,6 +271,7 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         rt.cleaned.add(uid)
         rt.archive_failing.discard(uid)
         rt.terminal_at.pop(uid, None)
+        rt.children.forget(uid)
         outcome.done = True
         rt.metrics.cleanups.labels(trigger=trigger, result="success").inc()
         duration = max(0.0, (done_at - finished_at).total_seconds())
@@ -226,8 +288,12 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
                                              "archived_bytes": outcome.new_bytes})
         return outcome
     except asyncio.CancelledError:
+        if marker is not None:
+            marker.cancel()
         raise
     except Exception as exc:
+        if marker is not None:
+            await marker.settle()
         message = f"attempt {attempts}: {exc}"
         errors = (errors + [message[:1000]])[-api.MAX_RECORDED_ERRORS:]
         reason = exc.reason if isinstance(exc, ArchiveError) else None
@@ -237,11 +303,41 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str) 
         rt.metrics.cleanups.labels(trigger=trigger, result="failure").inc()
         recorded.update({"state": api.CLEANUP_RETRYING, "errors": errors})
         with contextlib.suppress(ApiError):
-            await patch_status(rt, agent, {"cleanup": recorded})
+            await patch_status(rt, agent, {**start, "cleanup": recorded})
         delay = api.backoff_seconds(attempts)
         await post_event(rt, agent, "Warning", "CleanupFailed", f"{message}; retrying in {delay:.0f}s")
         log.warning("cleanup of %s/%s failed (%s); retrying in %.0fs", ns, name, exc, delay)
         raise CleanupFailed(message, delay) from exc
+
+
+RUNNING_MARK_AFTER = 1.0   # seconds: a fast-path cleanup that takes longer publishes state Running
+
+
+class RunningMark:
+    """Writes the cleanup's start (state Running, attempts, completionTime) after `delay` seconds,
+    unless settled before. Once the write is on its way it is awaited, never cancelled, so that it
+    cannot land after a later write (Succeeded, Retrying)."""
+
+    def __init__(self, rt: Runtime, agent: Mapping[str, Any], start: Mapping[str, Any], delay: float):
+        self.sending = False
+        self._task = asyncio.create_task(self._run(rt, agent, dict(start), delay))
+
+    async def _run(self, rt: Runtime, agent: Mapping[str, Any], start: dict[str, Any], delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.sending = True
+        with contextlib.suppress(ApiError):
+            await patch_status(rt, agent, start)
+
+    async def settle(self) -> None:
+        if self.sending:
+            with contextlib.suppress(Exception):
+                await self._task
+        else:
+            self._task.cancel()
+
+    def cancel(self) -> None:
+        if not self.sending:
+            self._task.cancel()
 
 
 def _agent_files(agent: Mapping[str, Any], spec: api.AgentSpec) -> dict[str, bytes]:
@@ -256,14 +352,23 @@ def _agent_files(agent: Mapping[str, Any], spec: api.AgentSpec) -> dict[str, byt
 # ------------------------------------------------------------------ archive + stop, interleaved
 
 async def archive_and_stop_pods(rt: Runtime, directory: Any, pods: list[dict[str, Any]], grace: int,
-                                extra_files: Mapping[str, bytes]) -> ArchiveResult:
+                                extra_files: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]) -> ArchiveResult:
     """Archive logs of `pods` into `directory` while stopping them. Nothing is deleted if the
-    archive cannot be started (directory not writable, log stream refused)."""
-    if Archive.is_complete(directory):
+    archive cannot be started (directory not writable, log stream refused).
+
+    File system work runs in threads, never on the event loop: a slow archive volume (a network
+    file system) must not stall every other agent's handling."""
+
+    def prepare() -> PendingArchive | None:
+        if Archive.is_complete(directory):
+            return None
+        # With no pod left there is nothing to stream: keep what an interrupted run had streamed.
+        return rt.archive.begin(directory, salvage=not pods)
+
+    pending = await asyncio.to_thread(prepare)
+    if pending is None:
         await stop_pods(rt, pods, grace)
-        return rt.archive.existing(directory)
-    # With no pod left there is nothing to stream: keep what an interrupted run had streamed.
-    pending = rt.archive.begin(directory, salvage=not pods)
+        return await asyncio.to_thread(rt.archive.existing, directory)
     if pending.salvaged:
         log.warning("archive %s: pod gone, finishing the log files an interrupted run had streamed: %s",
                     directory, ", ".join(pending.salvaged))
@@ -285,9 +390,14 @@ async def archive_and_stop_pods(rt: Runtime, directory: Any, pods: list[dict[str
             for task in done:
                 if task.exception() is not None:
                     log.warning("log stream ended with an error: %s", task.exception())
-        for filename, data in extra_files.items():
-            pending.write_file(filename, data)
-        return await asyncio.to_thread(pending.commit)
+
+        def finish() -> ArchiveResult:
+            files = extra_files() if callable(extra_files) else extra_files   # (agent.json: made here)
+            for filename, data in files.items():
+                pending.write_file(filename, data)
+            return pending.commit()
+
+        return await asyncio.to_thread(finish)
     except BaseException:
         # The pod was asked to stop: what was streamed may exist nowhere else. Keep the partial
         # archive for the next run to finish (Archive.begin(salvage=True)).
@@ -318,7 +428,12 @@ async def _open_log_pumps(rt: Runtime, pending: PendingArchive, pod: Mapping[str
                 if exc.status == 400 and "waiting to start" in exc.message:
                     continue       # the container never started (ContainerCreating, image pull): no log
                 raise ArchiveError("log_read", f"cannot read log of {meta['name']}/{container}: {exc}") from exc
-            tasks.append(asyncio.create_task(_pump(stream, pending.open(filename))))
+            try:
+                handle = await asyncio.to_thread(pending.open, filename)
+            except BaseException:
+                stream.close()
+                raise
+            tasks.append(asyncio.create_task(_pump(stream, handle)))
     return tasks
 
 
@@ -332,11 +447,17 @@ async def stop_pods(rt: Runtime, pods: list[dict[str, Any]], grace: int) -> None
 
 
 async def stop_pod(rt: Runtime, pod: Mapping[str, Any], grace: int) -> None:
-    """Delete with the grace period; if still there after grace + 30 s, delete with grace 0."""
+    """Delete with the grace period; if still there after grace + 30 s, delete with grace 0.
+
+    A pod whose containers have all ended (phase Succeeded or Failed) has nothing left to stop: it is
+    deleted at once (grace 0), instead of going through a termination that has nothing to do."""
+    if (pod.get("status") or {}).get("phase") in POD_FINISHED:
+        grace = 0
     pod_uid = _obj_uid(pod)
     waiter = rt.pods.waiter(pod_uid)
     try:
-        await delete_child(rt, "pod", pod, grace=grace)
+        if await delete_child(rt, "pod", pod, grace=grace):
+            return
         if await _wait_gone(rt, pod, waiter, grace + rt.force_delete_after):
             return
         log.warning("pod %s still present %ss after its grace period: force-deleting", _obj_name(pod),

@@ -149,6 +149,12 @@ def decide(
     return Decision(requeue_after=requeue)
 
 
+def needs_pod(agent: Mapping[str, Any]) -> bool:
+    """Does the next step depend on the agent's pod? Not once the phase is terminal: it is final, and
+    the cleanup finds the pods itself (so the caller need not read the pod)."""
+    return not api.is_terminal((agent.get("status") or {}).get("phase"))
+
+
 def next_wakeup(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:
     """Seconds until a clock-driven trigger is due for this Agent (0 = now), or None if none is
     pending: the deadline of a running agent, cleanup.delaySeconds, ttlSecondsAfterFinished."""

@@ -1,14 +1,19 @@
 """kopf handlers. Thin: they notice changes and hand over to reconcile()/clean_up(); they decide nothing.
 
-- Agent created/resumed/spec changed/status.phase changed -> reconcile
+- Agent created/resumed/spec changed (not terminal) -> reconcile
+- Agent event (every watch event; writes nothing back): phase transitions counted; a terminal Agent
+  whose cleanup is due -> one background reconcile (= cleanup), retried with backoff until done
 - Agent deleted (finalizer agentcontroller.dev/cleanup) -> reconcile (Terminated/Deleted, then cleanup)
 - Pod of an agent changed or vanished -> reconcile that agent
-- Clock-driven triggers (deadline, cleanup delay, TTL) -> one daemon per Agent that has one pending
+- Clock-driven triggers (deadline, cleanup delay, TTL) -> one alarm (asyncio timer) per Agent that has
+  one pending, armed from the Agent's events
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import logging
 from typing import Any
 
@@ -16,7 +21,7 @@ import kopf
 
 from . import FINALIZER, GROUP, PLURAL, VERSION, api
 from .cleanup import CleanupFailed
-from .decide import PodState, next_wakeup
+from .decide import PodState, decide, next_wakeup
 from .kube.client import AGENTS, ApiError
 from .names import AGENT_UID_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from .reconcile import ChildConflict, reconcile
@@ -29,13 +34,43 @@ AGENT = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 
 
+class _Copied(dict):  # type: ignore[type-arg]
+    """A private JSON copy, made with the C JSON codec; `copy.deepcopy` takes it as it is."""
+
+    def __deepcopy__(self, memo: Any) -> _Copied:
+        return self
+
+
+def _copied(value: Any) -> Any:
+    return _Copied(json.loads(json.dumps(value))) if isinstance(value, dict) else copy.deepcopy(value)
+
+
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotations diff-base — the same essence, the same annotation — built cheaply.
+
+    kopf builds the essence (spec, labels, annotations, the fields handlers watch) for every event
+    of every watched object, pods included, by deep-copying the whole body (status and metadata too,
+    only to drop them), then deep-copies it again to clear progress keys. `copy.deepcopy` is slow
+    Python; here only the parts kept are copied, once, by the JSON codec (tests/unit/
+    test_diffbase.py checks the result against kopf's own)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        meta = body.get("metadata") or {}
+        lean: dict[str, Any] = {k: _copied(v) for k, v in body.items() if k not in ("metadata", "status")}
+        lean["metadata"] = {k: _copied(meta[k]) for k in ("labels", "annotations") if k in meta}
+        if "ownerReferences" in meta:
+            lean["metadata"]["ownerReferences"] = meta["ownerReferences"]
+        if "status" in body and any(field and field[0] == "status" for field in extra_fields or ()):
+            lean["status"] = _copied(body["status"])
+        return super().build(body=kopf.Body(lean), extra_fields=extra_fields)
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     """kopf settings: our finalizer name; progress and diff-base in annotations (never in status,
     which the structural schema prunes); only warnings become Kubernetes Events."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -48,13 +83,13 @@ def runtime(memo: Any) -> Runtime:
     return rt
 
 
-async def _reconcile(memo: Any, body: Any, pod: Any = None, *, retry: int = 0) -> None:
+async def _reconcile(memo: Any, body: Any, pod: Any = None, *, retry: int = 0, clean_up_now: bool = True) -> None:
     rt = runtime(memo)
     try:
         if pod is None:
-            await reconcile(rt, dict(body))
+            await reconcile(rt, dict(body), clean_up_now=clean_up_now)
         else:
-            await reconcile(rt, dict(body), pod=pod)
+            await reconcile(rt, dict(body), pod=pod, clean_up_now=clean_up_now)
     except CleanupFailed as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
     except ChildConflict as exc:
@@ -68,15 +103,14 @@ async def _reconcile(memo: Any, body: Any, pod: Any = None, *, retry: int = 0) -
 # --------------------------------------------------------------------------- indexes
 
 
-@kopf.index(*AGENT, registry=registry)
-def agent_phases(body: kopf.Body, status: kopf.Status, **_: Any) -> dict[str, str]:
-    """Phase of every Agent, from the watch stream (feeds the agents-by-phase gauge)."""
-    return {str(status.get("phase") or api.PENDING): body.metadata.uid or ""}
+# Indexes (and every handler) are coroutines: kopf runs a plain function in a thread pool, which
+# costs more than the function itself, for every event of every Agent.
 
 
 @kopf.index(*AGENT, registry=registry)
-def agents_by_uid(body: kopf.Body, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str, str, bool]]:
-    """uid -> (namespace, name, phase, deleting), so pod events find their Agent without a request."""
+async def agents_by_uid(body: kopf.Body, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str, str, bool]]:
+    """uid -> (namespace, name, phase, deleting), so pod events find their Agent without a request;
+    also the source of the agents-by-phase gauge. (One index: each costs kopf work on every event.)"""
     meta = body.metadata
     return {meta.uid or "": (meta.namespace or "", meta.name or "", str(status.get("phase") or ""),
                              meta.deletion_timestamp is not None)}
@@ -89,17 +123,72 @@ def agents_by_uid(body: kopf.Body, status: kopf.Status, **_: Any) -> dict[str, t
 @kopf.on.resume(*AGENT, registry=registry)
 @kopf.on.update(*AGENT, field="spec", registry=registry)
 async def agent_changed(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    await _reconcile(memo, body, retry=retry)
+    if api.is_terminal(body.status.get("phase")) and body.metadata.deletion_timestamp is None:
+        return   # a terminal Agent's cleanup is agent_event's, its deletion the finalizer's
+    # A terminal phase decided here (spec.terminate, an invalid spec) is only recorded: its cleanup
+    # runs from agent_event, not inside this handler, which would hold back kopf's processing of the
+    # Agent's next events (and its index, which the pod events read) for the whole cleanup.
+    await _reconcile(memo, body, retry=retry, clean_up_now=False)
 
 
-@kopf.on.field(*AGENT, field="status.phase", registry=registry)
-async def agent_phase_changed(body: kopf.Body, memo: kopf.Memo, new: Any, retry: int, **_: Any) -> None:
+@kopf.on.event(*AGENT, registry=registry)
+async def agent_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every state of every Agent, as the watch delivers it — phase changes included. An event
+    handler writes nothing back (a field handler on status.phase would cost a diff-base annotation
+    patch per phase change). Counts phase transitions; a terminal Agent whose cleanup is due gets one
+    background cleanup, retried with backoff until it succeeded (also after a restart: the first
+    listing delivers every Agent)."""
     rt = runtime(memo)
-    if new and retry == 0:
-        rt.metrics.phase_transitions.labels(to=str(new)).inc()
-        if api.is_terminal(str(new)):
-            rt.terminal_at.setdefault(body.metadata.uid or "", rt.clock())
-    await _reconcile(memo, body, retry=retry)
+    uid = body.metadata.uid or ""
+    if event.get("type") == "DELETED":
+        rt.phases.pop(uid, None)
+        rt.children.forget(uid)
+        rt.alarms.cancel(uid)
+        return
+    phase = str(body.status.get("phase") or "")
+    # Clock-driven triggers: one alarm per Agent with a deadline, a cleanup delay or a TTL pending
+    # (an asyncio timer, not a kopf daemon: a daemon makes kopf keep every Agent's body in memory).
+    wake = next_wakeup(body, rt.clock())
+    if wake is None:
+        rt.alarms.cancel(uid)
+    else:
+        _arm(rt, body.metadata.namespace or "", body.metadata.name or "", uid, wake)
+    previous = rt.phases.get(uid)
+    rt.phases[uid] = phase
+    if previous is not None and phase and phase != previous:
+        rt.metrics.phase_transitions.labels(to=phase).inc()
+        if api.is_terminal(phase):
+            rt.terminal_at.setdefault(uid, rt.clock())
+    if not api.is_terminal(phase) or body.metadata.deletion_timestamp is not None or uid in rt.cleaned:
+        return
+    if decide(body, None, rt.clock()).cleanup:
+        rt.spawn(uid, _clean_up_terminal(rt, dict(body)))
+
+
+async def _clean_up_terminal(rt: Runtime, agent: dict[str, Any]) -> None:
+    """Reconcile a terminal Agent (that is: clean it up) until it is done, backing off between attempts
+    as the failed cleanup says. Ends when it succeeded, or the Agent is gone or being deleted (then the
+    finalizer handler owns it)."""
+    failures = 0
+    while True:
+        try:
+            await reconcile(rt, agent)
+            return
+        except CleanupFailed as exc:
+            delay = exc.delay
+        except Exception as exc:  # noqa: BLE001 - an API error, or a bug: never give up on a cleanup
+            failures += 1
+            delay = api.backoff_seconds(failures)
+            log.warning("cleanup of %s/%s: %s; retrying in %.0fs", agent["metadata"].get("namespace"),
+                        agent["metadata"].get("name"), exc, delay)
+        await asyncio.sleep(delay)
+        try:
+            fresh = await rt.client.get_same(AGENTS, agent)
+        except ApiError:
+            continue
+        if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        agent = fresh
 
 
 @kopf.on.delete(*AGENT, registry=registry)
@@ -108,40 +197,37 @@ async def agent_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) 
     await _reconcile(memo, body, retry=retry)
 
 
-def _clock_pending(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
-    return next_wakeup(body, runtime(memo).clock()) is not None
-
-
-@kopf.daemon(*AGENT, when=_clock_pending, cancellation_timeout=1.0, registry=registry)
-async def agent_clock(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Sleeps until the deadline, the cleanup delay or the TTL is due, then reconciles."""
-    rt = runtime(memo)
+async def _clock_due(rt: Runtime, namespace: str, name: str, uid: str) -> None:
+    """A deadline, a cleanup delay or a TTL came due: reconcile the Agent as it is now."""
+    ref = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
     failures = 0
-    while not stopped:
-        wake = next_wakeup(body, rt.clock())
-        if wake is None:
-            return
-        if wake > 0:
-            await stopped.wait(wake)
-            continue
+    while True:
         try:
-            fresh = await rt.client.get_same(AGENTS, body)
-            if fresh is None:
+            fresh = await rt.client.get_same(AGENTS, ref)
+            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                 return
-            # A terminal phase (deadline) is only recorded here; the cleanup it triggers runs in the
-            # Agent's phase handler. A due cleanup delay or TTL is executed here.
+            wake = next_wakeup(fresh, rt.clock())
+            if wake is None:
+                return
+            if wake > 0:      # not yet (the watch was behind): wait for it
+                _arm(rt, namespace, name, uid, wake)
+                return
+            # A terminal phase (deadline) is only recorded here; the cleanup it triggers starts from
+            # the Agent's event. A due cleanup delay or TTL is executed here.
             await reconcile(rt, fresh, clean_up_now=api.is_terminal((fresh.get("status") or {}).get("phase")))
-            failures = 0
-            if next_wakeup(fresh, rt.clock()) is None:
-                return
-            await stopped.wait(1.0)    # let the watch deliver the new state into `body`
-        except ApiError as exc:
-            if exc.not_found:
-                return
-            failures += 1
-            await stopped.wait(api.backoff_seconds(failures))
+            # The write's watch event re-arms (or cancels) the alarm; should there be none, look again.
+            _arm(rt, namespace, name, uid, 1.0)
+            return
         except CleanupFailed as exc:
-            await stopped.wait(exc.delay)
+            delay = exc.delay
+        except ApiError:
+            failures += 1
+            delay = api.backoff_seconds(failures)
+        await asyncio.sleep(delay)
+
+
+def _arm(rt: Runtime, namespace: str, name: str, uid: str, delay: float) -> None:
+    rt.alarms.set(uid, delay, lambda: rt.spawn(uid, _clock_due(rt, namespace, name, uid)))
 
 
 # --------------------------------------------------------------------------- pods
@@ -154,9 +240,11 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kw
     agents_by_uid: kopf.Index[str, tuple[str, str, str, bool]] = kwargs["agents_by_uid"]
     etype = event.get("type")
     pod_uid = body.metadata.uid or ""
+    owner_uid = (body.metadata.labels or {}).get(AGENT_UID_LABEL, "")
     if etype == "DELETED":
         rt.pods.pod_deleted(pod_uid)
-    owner_uid = (body.metadata.labels or {}).get(AGENT_UID_LABEL, "")
+    else:
+        rt.children.pod_changed(owner_uid, body)
     found = agents_by_uid.get(owner_uid)
     if not found:
         return   # no Agent: an orphan, the sweep's business
@@ -184,13 +272,22 @@ def _pod_news(agent_phase: str, pod: PodState) -> bool:
 
 @kopf.on.startup(registry=registry)
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
-    agent_phases: kopf.Index[str, str] = kwargs["agent_phases"]
+    agents: kopf.Index[str, tuple[str, str, str, bool]] = kwargs["agents_by_uid"]
     configure(settings)
     rt = runtime(memo)
-    rt.metrics.set_phase_source(lambda: {phase: len(agent_phases.get(phase, ())) for phase in api.PHASES})
+    rt.metrics.set_phase_source(lambda: _count_phases(agents))
     starter = getattr(memo, "on_startup", None)
     if starter is not None:
         await starter(rt)
+
+
+def _count_phases(agents: kopf.Index[str, tuple[str, str, str, bool]]) -> dict[str, int]:
+    counts = dict.fromkeys(api.PHASES, 0)
+    for entries in agents.values():
+        for _, _, phase, _ in entries:
+            key = phase or api.PENDING
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 @kopf.on.cleanup(registry=registry)

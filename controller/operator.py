@@ -74,8 +74,10 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
     async def on_startup(_: Runtime) -> None:
         await health.start()
         sweeper.start()
+        rt.spawn("memory", rt.release_memory_periodically())
 
     async def on_shutdown(_: Runtime) -> None:
+        await rt.cancel_tasks()     # background cleanups: idempotent, the next start resumes them
         await sweeper.stop()
         await health.stop()
         await rt.client.close()

@@ -13,10 +13,20 @@ from typing import Any
 
 from . import api, children
 from .cleanup import clean_up, patch_status
-from .decide import Decision, PhaseChange, PodState, decide
-from .kube.client import AGENTS, CONFIGMAPS, PODS, ROLEBINDINGS, ROLES, SERVICEACCOUNTS, ApiError, Resource
+from .decide import Decision, PhaseChange, PodState, decide, needs_pod
+from .kube.client import (
+    AGENTS,
+    CONFIGMAPS,
+    KIND_RESOURCES,
+    PODS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
+    ApiError,
+    Resource,
+)
 from .names import AGENT_UID_LABEL, label_value, pod_name
-from .runtime import Runtime
+from .runtime import Child, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +60,10 @@ async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET, *,
     Raises CleanupFailed (retry later) or ApiError for anything unexpected.
     """
     for _ in range(MAX_CONFLICT_RETRIES):
-        state = await observe_pod(rt, agent) if pod is _UNSET else pod
+        if pod is not _UNSET:
+            state = pod
+        else:
+            state = await observe_pod(rt, agent) if needs_pod(agent) else None
         try:
             return await execute(rt, agent, decide(agent, state, rt.clock()), clean_up_now=clean_up_now)
         except ApiError as exc:
@@ -125,6 +138,8 @@ async def write_phase(rt: Runtime, agent: Mapping[str, Any], change: PhaseChange
     return updated
 
 
+KIND_OF_RESOURCE: dict[Resource, str] = {res: kind for kind, res in KIND_RESOURCES.items()}
+
 CHILD_BUILDERS: tuple[tuple[Resource, Any], ...] = (
     (SERVICEACCOUNTS, children.service_account),
     (ROLES, children.role),
@@ -141,13 +156,19 @@ async def create_children(rt: Runtime, agent: Mapping[str, Any]) -> None:
     uid_label = label_value(agent["metadata"]["uid"])
     bodies = [(res, build(agent)) for res, build in CHILD_BUILDERS]
     # The credentials and the prompt are independent; the pod goes last.
-    await asyncio.gather(*(_create(rt, res, ns, body, uid_label) for res, body in bodies[:-1] if body is not None))
-    await _create(rt, bodies[-1][0], ns, bodies[-1][1], uid_label)
+    first = [(res, body) for res, body in bodies[:-1] if body is not None]
+    made = list(await asyncio.gather(*(_create(rt, res, ns, body, uid_label) for res, body in first)))
+    made.append(await _create(rt, bodies[-1][0], ns, bodies[-1][1], uid_label))
+    # Every child exists and is known by UID: the cleanup can delete them without listing first.
+    kinds = [KIND_OF_RESOURCE[res] for res, _ in first] + [KIND_OF_RESOURCE[bodies[-1][0]]]
+    rt.children.record(agent["metadata"]["uid"], agent["metadata"]["name"],
+                       tuple(Child.of(kind, obj) for kind, obj in zip(kinds, made)))
 
 
-async def _create(rt: Runtime, res: Resource, ns: str, body: Mapping[str, Any], uid_label: str) -> None:
+async def _create(rt: Runtime, res: Resource, ns: str, body: Mapping[str, Any], uid_label: str) -> dict[str, Any]:
+    """Create the child (or find it, ours, from an earlier attempt); returns it as the API has it."""
     try:
-        await rt.client.create(res, ns, body)
+        created = await rt.client.create(res, ns, body)
     except ApiError as exc:
         if exc.status != 409:
             raise
@@ -156,3 +177,5 @@ async def _create(rt: Runtime, res: Resource, ns: str, body: Mapping[str, Any], 
         if owner != uid_label:
             raise ChildConflict(f"{res.plural}/{body['metadata']['name']} exists and belongs to another owner") \
                 from exc
+        created = existing
+    return created

@@ -15,6 +15,7 @@ Each sweep runs under a timeout: a hanging API makes that sweep fail visibly, ne
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -24,11 +25,11 @@ from typing import Any
 
 from . import api
 from .cleanup import CleanupFailed, archive_and_stop_pods, clean_up, delete_child, post_event
-from .kube.client import AGENTS, KIND_RESOURCES, ApiError
+from .kube.client import AGENTS, KIND_RESOURCES, PODS, ApiError
 from .metrics import KINDS, LEAK_REASONS
 from .names import AGENT_UID_LABEL, MANAGED_SELECTOR
 from .peering import Peering
-from .runtime import Runtime
+from .runtime import Runtime, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Sweeper:
             self.rt.metrics.sweep_duration.observe(time.perf_counter() - began)
             return None
         report.seconds = time.perf_counter() - began
+        release_free_memory()       # the lists are garbage now: give the heap back
         self.rt.metrics.sweep_duration.observe(report.seconds)
         self.last_success = time.time()
         self.rt.metrics.last_sweep_success.set(self.last_success)
@@ -148,16 +150,29 @@ class Sweeper:
     # ----------------------------------------------------------------- one sweep
 
     async def _list(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """One list of Agents and one list per managed kind (by the managed-by label), per namespace.
+
+        Memory, not time, is the cost of a sweep over 10 000s of objects: the lists are fetched
+        together, but parsed one at a time and cut down at once to what classification needs. The
+        managed kinds come as metadata only (PartialObjectMetadataList): a full pod is several KB.
+        """
         client = self.rt.client
         scopes: list[str | None] = list(self.rt.namespaces) or [None]
-        calls = [client.list(AGENTS, ns) for ns in scopes]
-        calls += [client.list(KIND_RESOURCES[k], ns, label_selector=MANAGED_SELECTOR) for k in KINDS for ns in scopes]
-        results = await asyncio.gather(*calls)
-        agents = [a for r in results[:len(scopes)] for a in r.get("items") or []]
+        calls = [client.list_raw(AGENTS, ns) for ns in scopes]
+        calls += [client.list_raw(KIND_RESOURCES[k], ns, label_selector=MANAGED_SELECTOR, metadata_only=True)
+                  for k in KINDS for ns in scopes]
+        raws: list[bytes | None] = list(await asyncio.gather(*calls))
+        agents: list[dict[str, Any]] = []
         objects: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
-        for i, kind in enumerate(KINDS):
-            for r in results[len(scopes) * (i + 1): len(scopes) * (i + 2)]:
-                objects[kind].extend(r.get("items") or [])
+        for i, raw in enumerate(raws):
+            raws[i] = None
+            items = json.loads(raw or b"{}").get("items") or []
+            if i < len(scopes):
+                agents.extend(_slim_agent(a) for a in items)
+            else:
+                kind = KINDS[(i - len(scopes)) // len(scopes)]
+                objects[kind].extend(_slim_child(kind, o) for o in items)
+            del items, raw
         return agents, objects
 
     async def sweep(self) -> SweepReport:
@@ -202,8 +217,11 @@ class Sweeper:
         meta = obj["metadata"]
         try:
             if leak.kind == "pod":
+                pod = await rt.client.get_same(PODS, obj)   # listed as metadata: containers, grace
+                if pod is None:
+                    return      # gone meanwhile
                 directory = rt.archive.orphan_dir(meta["namespace"], meta["uid"])
-                await archive_and_stop_pods(rt, directory, [obj], _grace(obj), extra_files={})
+                await archive_and_stop_pods(rt, directory, [pod], _grace(pod), extra_files={})
             else:
                 await delete_child(rt, leak.kind, obj)
         except Exception as exc:  # noqa: BLE001 - reported, retried next sweep
@@ -221,12 +239,15 @@ class Sweeper:
 
     async def _reap_agent(self, leaks: list[Leak], report: SweepReport) -> None:
         rt = self.rt
-        agent = leaks[0].agent
-        assert agent is not None
+        listed = leaks[0].agent
+        assert listed is not None
         try:
+            agent = await rt.client.get_same(AGENTS, listed)    # the whole Agent, as it is now
+            if agent is None:
+                return      # gone meanwhile: its leftovers are orphans for the next sweep
             outcome = await clean_up(rt, agent, trigger=api.TRIGGER_SWEEP, recheck=True)
         except (CleanupFailed, ApiError) as exc:
-            report.errors.append(f"agent {agent['metadata']['name']}: {exc}")
+            report.errors.append(f"agent {listed['metadata'].get('name')}: {exc}")
             return
         if outcome.already:
             return    # the reconcile loop finished it first: nothing was reaped by the sweep
@@ -236,6 +257,32 @@ class Sweeper:
         await post_event(rt, agent, "Warning", "LeakReaped",
                    f"The sweep reaped {len(leaks)} leftover resource(s) of this terminal Agent "
                    f"({', '.join(sorted({l.reason for l in leaks}))}).")
+
+
+KIND_TYPES = {"pod": ("v1", "Pod"), "configmap": ("v1", "ConfigMap"), "serviceaccount": ("v1", "ServiceAccount"),
+              "role": ("rbac.authorization.k8s.io/v1", "Role"),
+              "rolebinding": ("rbac.authorization.k8s.io/v1", "RoleBinding")}
+
+
+def _slim_child(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A listed managed object (full, or metadata only), as the sweep keeps it."""
+    meta = obj.get("metadata") or {}
+    api_version, kind_name = KIND_TYPES[kind]
+    labels = meta.get("labels") or {}
+    slim_meta = {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                 "labels": {AGENT_UID_LABEL: labels[AGENT_UID_LABEL]} if AGENT_UID_LABEL in labels else {}}
+    return {"apiVersion": api_version, "kind": kind_name, "metadata": slim_meta}
+
+
+def _slim_agent(agent: Mapping[str, Any]) -> dict[str, Any]:
+    """A listed Agent, as classification needs it (the reaping reads the whole Agent again)."""
+    meta = agent.get("metadata") or {}
+    spec = agent.get("spec") or {}
+    status = agent.get("status") or {}
+    return {"apiVersion": agent.get("apiVersion"), "kind": agent.get("kind"),
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "deletionTimestamp") if k in meta},
+            "spec": {k: spec[k] for k in ("image", "cleanup") if k in spec},
+            "status": {k: status[k] for k in ("phase", "completionTime") if k in status}}
 
 
 def _grace(pod: Mapping[str, Any]) -> int:

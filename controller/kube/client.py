@@ -70,6 +70,8 @@ ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles")
 ROLEBINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 AGENTS = Resource("agentcontroller.dev", "v1alpha1", "agents")
 
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+
 KIND_RESOURCES: dict[str, Resource] = {
     "pod": PODS,
     "configmap": CONFIGMAPS,
@@ -141,27 +143,51 @@ class KubeClient:
         self.timeout = timeout
         self.requests: Counter[tuple[str, str]] = Counter()
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        headers = {"Accept": "application/json"}
+        if self.config.token:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=limit)
+        return aiohttp.ClientSession(self.config.server, headers=headers, connector=connector)
 
     async def session(self) -> aiohttp.ClientSession:
+        """Requests: a pool of at most 64 connections."""
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json"}
-            if self.config.token:
-                headers["Authorization"] = f"Bearer {self.config.token}"
-            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=64)
-            self._session = aiohttp.ClientSession(self.config.server, headers=headers, connector=connector)
+            self._session = self._new_session(limit=64)
         return self._session
 
+    async def stream_session(self) -> aiohttp.ClientSession:
+        """Log streams: a pool of their own, without a limit. A stream holds its connection while its
+        pod stops (up to the grace period); sharing the request pool, a burst of cleanups would let
+        the streams take every connection, and the deletes that end them would wait for one forever."""
+        if self._streams is None or self._streams.closed:
+            self._streams = self._new_session(limit=0)
+        return self._streams
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
+        self._session = self._streams = None
 
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json",
                       timeout: float | None = None) -> dict[str, Any]:
+        raw = await self.request_bytes(method, path, params=params, body=body, content_type=content_type,
+                                       timeout=timeout)
+        return json.loads(raw) if raw else {}
+
+    async def request_bytes(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                            body: Any = None, content_type: str = "application/json", timeout: float | None = None,
+                            accept: str | None = None) -> bytes:
+        """The answer's body, unparsed (the caller decides when to pay for parsing it)."""
         session = await self.session()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
+        if accept:
+            headers["Accept"] = accept
         self.requests[(method, _resource_of(path))] += 1
         attempt = 0
         while True:
@@ -169,10 +195,10 @@ class KubeClient:
             try:
                 async with session.request(method, path, params=_params(params), data=data, headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
-                    text = await resp.text()
+                    raw = await resp.read()
                     if resp.status < 300:
-                        return json.loads(text) if text else {}
-                    err = _error(resp.status, text)
+                        return raw
+                    err = _error(resp.status, raw.decode(errors="replace"))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 err = ApiError(0, "TransportError", f"{type(exc).__name__}: {exc}")
             if (err.status in RETRYABLE or err.status == 0) and attempt <= self.retries:
@@ -201,6 +227,14 @@ class KubeClient:
         params = {"labelSelector": label_selector} if label_selector else None
         return await self.request("GET", res.path(namespace), params=params, timeout=timeout)
 
+    async def list_raw(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None,
+                       metadata_only: bool = False, timeout: float | None = None) -> bytes:
+        """A list, unparsed. `metadata_only`: each item is its metadata only (PartialObjectMetadataList),
+        a fraction of the size of a full pod; a server that does not offer it sends full objects."""
+        params = {"labelSelector": label_selector} if label_selector else None
+        accept = METADATA_LIST_ACCEPT if metadata_only else None
+        return await self.request_bytes("GET", res.path(namespace), params=params, timeout=timeout, accept=accept)
+
     async def create(self, res: Resource, namespace: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", res.path(namespace), body=body)
 
@@ -225,7 +259,7 @@ class KubeClient:
     async def stream_log(self, namespace: str, pod: str, container: str, *, follow: bool = True,
                          previous: bool = False) -> LogStream:
         """Open a pod-log stream; returns once the server answered (the stream is established)."""
-        session = await self.session()
+        session = await self.stream_session()
         params = {"container": container, "follow": "true" if follow else "false"}
         if previous:
             params["previous"] = "true"
