@@ -117,6 +117,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["workdir"] = str(workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    from .backends import calibration_ms
+
+    result["machine"]["calibration_ms_end"] = calibration_ms()
     result["notes"] = env.notes
     result["elapsed_seconds"] = round(time.monotonic() - began, 1)
     for key in ("burst", "idle", "api", "scale"):

@@ -50,9 +50,11 @@ def backend_label(result: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     m = result.get("machine") or {}
     lines = [f"# agent-controller bench — {result.get('date')} — {m.get('hostname')}", "",
-             f"**{backend_label(result)}**, {'quick (smoke) sizes' if result.get('quick') else 'full sizes'}. "
-             f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gb')} GB, "
-             f"Python {m.get('python')}, kopf {m.get('kopf')}, commit {m.get('git')}.", "",
+             (f"**{backend_label(result)}**, {'quick (smoke) sizes' if result.get('quick') else 'full sizes'}. "
+              f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('memory_gb')} GB, "
+              f"Python {m.get('python')}, kopf {m.get('kopf')}, commit {m.get('git')}. "
+              f"Calibration (a fixed CPU workload; lower is faster): {m.get('calibration_ms_start')} ms at the "
+              f"start, {m.get('calibration_ms_end')} ms at the end."), "",
              "| figure | value | target | met |", "|---|---:|---|:-:|"]
     for label, path, target, check in TARGETS:
         value = get(result, path)
@@ -83,10 +85,10 @@ def markdown(result: dict[str, Any]) -> str:
     api = result.get("api") or {}
     if api:
         lines += ["", f"## API requests ({api.get('source')})", "",
-                  f"Per lifecycle: **{api.get('requests_per_lifecycle')}** "
-                  f"(creation {api.get('requests_per_creation')}); per cleanup: "
-                  f"**{api.get('requests_per_cleanup')}** (report path {api.get('requests_per_cleanup_report')}, "
-                  f"pod path — {result.get('pod_path')} — {api.get('requests_per_cleanup_pod')}).", ""]
+                  (f"Per lifecycle: **{api.get('requests_per_lifecycle')}** "
+                   f"(creation {api.get('requests_per_creation')}); per cleanup: "
+                   f"**{api.get('requests_per_cleanup')}** (report path {api.get('requests_per_cleanup_report')}, "
+                   f"pod path — {result.get('pod_path')} — {api.get('requests_per_cleanup_pod')})."), ""]
         for key, title in (("cleanup_report_by_request", "cleanup, agent reported Completed"),
                            ("cleanup_pod_by_request", f"cleanup, {result.get('pod_path', 'pod exited')}"),
                            ("creation_by_request", "creation until Running")):
@@ -98,11 +100,15 @@ def markdown(result: dict[str, Any]) -> str:
     scale = result.get("scale") or {}
     if scale.get("steps"):
         lines += ["## Scale (idle Agents present)", "",
-                  "| Agents | RSS MB (idle) | RSS MB (after a sweep) | sweep objects | sweep s | sweep requests |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  ("RSS of the controller process: idle (11 s after its last request), after a full sweep, and "
+                   "the peak while the step's Agents were being created."), "",
+                  ("| Agents | RSS MB idle | RSS MB after a sweep | peak while creating | sweep objects | sweep s | "
+                   "sweep requests |"),
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for s in scale["steps"]:
             lines.append(f"| {s['agents']} | {s['rss_mb_idle']} | {s['rss_mb_after_sweep']} | "
-                         f"{s.get('sweep_objects')} | {s.get('sweep_seconds')} | {s.get('sweep_requests')} |")
+                         f"{s.get('rss_mb_peak_while_creating')} | {s.get('sweep_objects')} | {s.get('sweep_seconds')} | "
+                         f"{s.get('sweep_requests')} |")
     if result.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"

@@ -319,7 +319,7 @@ async def idle(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
                 c1 = rec.snapshot()
                 cpu1 = ctl.cpu_seconds()
                 await trigger(env, rec, ns, [name] if path == "report" else [], [name] if path == "pod" else [])
-                if not await wait_until(lambda: name in rec.verified, 60.0, 0.002):
+                if not await wait_until(lambda name=name: name in rec.verified, 60.0, 0.002):
                     raise RuntimeError(f"idle agent {name} not cleaned up within 60 s")
                 await settle(rec, 0.15)
                 c2 = rec.snapshot()
@@ -383,15 +383,20 @@ async def scale(env: Env) -> dict[str, Any]:
             present = 0
             for target in sizes.scale:
                 names = [f"s{i:05d}" for i in range(present, target)]
+                peak = [ctl.rss_mb()]
+                sampler = asyncio.create_task(_sample_rss(ctl, peak))
                 create_seconds = await create_running(env, rec, ns, names, first_index=present,
                                                       timeout=120.0 + 0.1 * len(names))
                 present = target
-                # Idle: the controller has finished with every agent (no request for a while).
+                # Idle: the controller has finished with every agent (no request for a while), and has
+                # been idle long enough to hand back what the burst of creations left (it does every 10 s).
                 quiet = min(2.0, sizes.sweep_interval / 3)
                 settled = await settle(rec, quiet, timeout=300.0 + 0.05 * target)
+                sampler.cancel()
                 if not settled:
                     env.notes.append(f"scale: the controller was still busy {300 + 0.05 * target:.0f} s after "
                                      f"{target} agents were Running")
+                await asyncio.sleep(min(IDLE_SETTLE, sizes.sweep_interval))
                 rss_idle = ctl.rss_mb()
                 sweep = await _next_sweep(ctl, rec, sizes.sweep_interval)
                 sweep["sweep_objects"] = await backend.count_managed(ns)
@@ -399,7 +404,8 @@ async def scale(env: Env) -> dict[str, Any]:
                 rss_after_sweep = ctl.rss_mb()
                 steps.append({"agents": target, "create_seconds": round(create_seconds, 1), "settled": settled,
                               "rss_mb_idle": round(rss_idle, 1), "rss_mb_after_sweep": round(rss_after_sweep, 1),
-                              "rss_mb": round(max(rss_idle, rss_after_sweep), 1), **sweep})
+                              "rss_mb": round(max(rss_idle, rss_after_sweep), 1),
+                              "rss_mb_peak_while_creating": round(max(peak), 1), **sweep})
                 log.info("scale: %d agents: %s", target, steps[-1])
             await drop_namespace(env, ns, ctl)
     finally:
@@ -417,6 +423,18 @@ async def scale(env: Env) -> dict[str, Any]:
     result["sweep_seconds_10k_agents"] = by_agents.get(10000, last).get("sweep_seconds")
     result["sweep_objects_10k_agents"] = by_agents.get(10000, last).get("sweep_objects")
     return result
+
+
+IDLE_SETTLE = 11.0    # seconds idle before the RSS is read: the controller releases free memory every 10 s
+
+
+async def _sample_rss(ctl: ControllerProcess, peak: list[float]) -> None:
+    while True:
+        try:
+            peak.append(ctl.rss_mb())
+        except Exception:  # noqa: BLE001 - the process may be gone at the very end
+            return
+        await asyncio.sleep(0.5)
 
 
 async def _next_sweep(ctl: ControllerProcess, rec: Recorder, interval: float) -> dict[str, Any]:

@@ -15,11 +15,11 @@ import asyncio
 import copy
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from . import FINALIZER, GROUP, PLURAL, VERSION, api
+from . import FINALIZER, GROUP, KIND, PLURAL, VERSION, api
 from .cleanup import CleanupFailed
 from .decide import PodState, decide, next_wakeup
 from .kube.client import AGENTS, ApiError
@@ -34,7 +34,7 @@ AGENT = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 
 
-class _Copied(dict):  # type: ignore[type-arg]
+class _Copied(dict[str, Any]):
     """A private JSON copy, made with the C JSON codec; `copy.deepcopy` takes it as it is."""
 
     def __deepcopy__(self, memo: Any) -> _Copied:
@@ -52,9 +52,12 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     of every watched object, pods included, by deep-copying the whole body (status and metadata too,
     only to drop them), then deep-copies it again to clear progress keys. `copy.deepcopy` is slow
     Python; here only the parts kept are copied, once, by the JSON codec (tests/unit/
-    test_diffbase.py checks the result against kopf's own)."""
+    test_diffbase.py checks the result against kopf's own). For pods, which have no change-detecting
+    handler (kopf builds the essence anyway, and never uses it), the essence is empty."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        if body.get("kind") != KIND or body.get("apiVersion") != f"{GROUP}/{VERSION}":
+            return {}
         meta = body.get("metadata") or {}
         lean: dict[str, Any] = {k: _copied(v) for k, v in body.items() if k not in ("metadata", "status")}
         lean["metadata"] = {k: _copied(meta[k]) for k in ("labels", "annotations") if k in meta}
@@ -62,7 +65,7 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
             lean["metadata"]["ownerReferences"] = meta["ownerReferences"]
         if "status" in body and any(field and field[0] == "status" for field in extra_fields or ()):
             lean["status"] = _copied(body["status"])
-        return super().build(body=kopf.Body(lean), extra_fields=extra_fields)
+        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)), extra_fields=extra_fields)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

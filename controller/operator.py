@@ -52,6 +52,26 @@ def build_runtime(options: Options, config: ClientConfig | None = None) -> Runti
     )
 
 
+def _login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials are this operator's own client configuration (from its memo), so several
+    controllers in one process (tests, bench) each talk to their own API server as their own user."""
+    cfg = memo.runtime.client.config
+    return kopf.ConnectionInfo(
+        server=cfg.server, token=cfg.token, ca_path=cfg.ca_file, insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+        default_namespace=cfg.default_namespace, expiration=None)
+
+
+_login_registered: set[int] = set()
+
+
+def _register_login(registry: kopf.OperatorRegistry) -> None:
+    """Once per registry (a handler registered per run would pile up, and kopf keeps the last one's)."""
+    if id(registry) not in _login_registered:
+        _login_registered.add(id(registry))
+        kopf.on.login(registry=registry)(_login)
+
+
 def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]:
     peering = None
     if options.peering:
@@ -84,14 +104,7 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
 
     memo = kopf.Memo(runtime=rt, on_startup=on_startup, on_shutdown=on_shutdown, sweeper=sweeper, health=health)
 
-    @kopf.on.login(registry=handlers.registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        cfg = rt.client.config
-        return kopf.ConnectionInfo(
-            server=cfg.server, token=cfg.token, ca_path=cfg.ca_file, insecure=not cfg.verify_ssl,
-            certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
-            default_namespace=cfg.default_namespace, expiration=None)
-
+    _register_login(handlers.registry)
     settings = kopf.OperatorSettings()
     handlers.configure(settings)
     await kopf.operator(
