@@ -207,15 +207,17 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str, 
         start["completionTime"] = api.format_time(finished_at)
     # The fast path: the first attempt for an agent whose children this process created. Its state
     # `Running` is published only if it takes longer than RUNNING_MARK_AFTER (e.g. a pod that uses
-    # its grace period); a quick one goes from Pending to Succeeded in one write. Any other attempt
-    # records it first.
+    # its grace period); a quick one goes from Pending to Succeeded in one write. In a burst (many
+    # cleanups in flight) it is not published at all: a status write per agent would only add to
+    # the work that delays them all. Any other attempt records it first.
     known = None if thorough or attempts > 1 else rt.children.get(uid, name)
     fast = known is not None
     marker: RunningMark | None = None
     try:
         if fast:
             snapshot = {**agent, "status": {**status, **start}}
-            marker = RunningMark(rt, agent, start, RUNNING_MARK_AFTER)
+            if len(rt.tasks) < RUNNING_MARK_MAX_IN_FLIGHT:
+                marker = RunningMark(rt, agent, start, RUNNING_MARK_AFTER)
         else:
             try:
                 snapshot = await patch_status(rt, agent, start)
@@ -311,6 +313,7 @@ async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str, 
 
 
 RUNNING_MARK_AFTER = 1.0   # seconds: a fast-path cleanup that takes longer publishes state Running
+RUNNING_MARK_MAX_IN_FLIGHT = 100   # ... unless this many background tasks (cleanups) are in flight
 
 
 class RunningMark:
@@ -341,8 +344,8 @@ class RunningMark:
 
 
 def _agent_files(agent: Mapping[str, Any], spec: api.AgentSpec) -> dict[str, bytes]:
-    body = json.loads(json.dumps(agent))
-    body.get("metadata", {}).pop("managedFields", None)
+    body = dict(agent)      # without managedFields (nothing is modified: only serialised)
+    body["metadata"] = {k: v for k, v in (agent.get("metadata") or {}).items() if k != "managedFields"}
     files = {"agent.json": json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"}
     if spec.prompt is not None:
         files[PROMPT_KEY] = spec.prompt.encode()

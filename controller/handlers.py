@@ -230,7 +230,9 @@ async def _clock_due(rt: Runtime, namespace: str, name: str, uid: str) -> None:
 
 
 def _arm(rt: Runtime, namespace: str, name: str, uid: str, delay: float) -> None:
-    rt.alarms.set(uid, delay, lambda: rt.spawn(uid, _clock_due(rt, namespace, name, uid)))
+    # Its own task key: sharing the cleanup's key would drop a TTL that comes due while the cleanup
+    # task is still finishing (after its final status write), and nothing would re-arm it.
+    rt.alarms.set(uid, delay, lambda: rt.spawn(f"clock/{uid}", _clock_due(rt, namespace, name, uid)))
 
 
 # --------------------------------------------------------------------------- pods
