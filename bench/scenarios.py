@@ -7,6 +7,7 @@ Every scenario gets its own namespace and its own controller process (`agent-con
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -129,7 +130,7 @@ async def create_running(env: Env, rec: Recorder, ns: str, names: list[str], fir
     backend = env.backend
     began = time.monotonic()
     factories: list[Callable[[], Awaitable[Any]]] = [
-        (lambda n=n, i=i: backend.create_agent(ns, n, backend.agent_spec(first_index + i)))
+        functools.partial(backend.create_agent, ns, n, backend.agent_spec(first_index + i))
         for i, n in enumerate(names)]
     results = await gather_limited(factories, env.sizes.create_concurrency)
     errors = [r for r in results if isinstance(r, BaseException)]
@@ -170,7 +171,7 @@ async def trigger(env: Env, rec: Recorder, ns: str, report: list[str], by_pod: l
 
     jobs: list[Awaitable[Any]] = []
     if report:
-        jobs.append(gather_limited([(lambda n=n: one(n)) for n in report], 64))
+        jobs.append(gather_limited([functools.partial(one, n) for n in report], 64))
     if by_pod:
         jobs.append(backend.end_by_pod(ns, by_pod))
     for result in await asyncio.gather(*jobs, return_exceptions=True):
@@ -319,7 +320,7 @@ async def idle(env: Env) -> tuple[dict[str, Any], dict[str, Any]]:
                 c1 = rec.snapshot()
                 cpu1 = ctl.cpu_seconds()
                 await trigger(env, rec, ns, [name] if path == "report" else [], [name] if path == "pod" else [])
-                if not await wait_until(lambda name=name: name in rec.verified, 60.0, 0.002):
+                if not await wait_until(functools.partial(rec.verified.__contains__, name), 60.0, 0.002):
                     raise RuntimeError(f"idle agent {name} not cleaned up within 60 s")
                 await settle(rec, 0.15)
                 c2 = rec.snapshot()

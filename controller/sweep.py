@@ -57,30 +57,37 @@ class SweepReport:
     seconds: float = 0.0
 
 
+class Classifier:
+    """Pure: should this managed object exist, given the Agents and the time? A Leak if not."""
+
+    def __init__(self, agents: Sequence[Mapping[str, Any]], now: Any, archive_failing: set[str]):
+        self.by_uid = {a["metadata"]["uid"]: a for a in agents}
+        self.now = now
+        self.archive_failing = archive_failing
+
+    def __call__(self, kind: str, obj: Mapping[str, Any]) -> Leak | None:
+        owner = (obj["metadata"].get("labels") or {}).get(AGENT_UID_LABEL, "")
+        agent = self.by_uid.get(owner)
+        if agent is None:
+            return Leak(kind, "orphaned", dict(obj))
+        status = agent.get("status") or {}
+        if not api.is_terminal(status.get("phase")):
+            return None
+        spec = api.AgentSpec.from_dict(agent.get("spec") or {})
+        if kind == "pod" and spec.cleanup.logs == api.LOGS_ARCHIVE and owner in self.archive_failing:
+            return Leak(kind, "archive_failed", dict(obj), dict(agent))
+        finished = api.parse_time(status.get("completionTime"))
+        allowance = spec.cleanup.grace_period_seconds + spec.cleanup.delay_seconds + TERMINAL_GRACE_EXTRA
+        if finished is None or (self.now - finished).total_seconds() > allowance:
+            return Leak(kind, "terminal", dict(obj), dict(agent))
+        return None
+
+
 def classify(agents: Sequence[Mapping[str, Any]], objects: Mapping[str, Sequence[Mapping[str, Any]]],
              now: Any, archive_failing: set[str]) -> list[Leak]:
     """Pure: which managed objects should not exist, and why."""
-    by_uid = {a["metadata"]["uid"]: a for a in agents}
-    leaks = []
-    for kind, items in objects.items():
-        for obj in items:
-            owner = (obj["metadata"].get("labels") or {}).get(AGENT_UID_LABEL, "")
-            agent = by_uid.get(owner)
-            if agent is None:
-                leaks.append(Leak(kind, "orphaned", dict(obj)))
-                continue
-            status = agent.get("status") or {}
-            if not api.is_terminal(status.get("phase")):
-                continue
-            spec = api.AgentSpec.from_dict(agent.get("spec") or {})
-            if kind == "pod" and spec.cleanup.logs == api.LOGS_ARCHIVE and owner in archive_failing:
-                leaks.append(Leak(kind, "archive_failed", dict(obj), dict(agent)))
-                continue
-            finished = api.parse_time(status.get("completionTime"))
-            allowance = spec.cleanup.grace_period_seconds + spec.cleanup.delay_seconds + TERMINAL_GRACE_EXTRA
-            if finished is None or (now - finished).total_seconds() > allowance:
-                leaks.append(Leak(kind, "terminal", dict(obj), dict(agent)))
-    return leaks
+    classifier = Classifier(agents, now, archive_failing)
+    return [leak for kind, items in objects.items() for obj in items if (leak := classifier(kind, obj)) is not None]
 
 
 class Sweeper:
@@ -149,39 +156,47 @@ class Sweeper:
 
     # ----------------------------------------------------------------- one sweep
 
-    async def _list(self) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-        """One list of Agents and one list per managed kind (by the managed-by label), per namespace.
-
-        Memory, not time, is the cost of a sweep over 10 000s of objects: the lists are fetched
-        together, but parsed one at a time and cut down at once to what classification needs. The
-        managed kinds come as metadata only (PartialObjectMetadataList): a full pod is several KB.
-        """
-        client = self.rt.client
-        scopes: list[str | None] = list(self.rt.namespaces) or [None]
-        calls = [client.list_raw(AGENTS, ns) for ns in scopes]
-        calls += [client.list_raw(KIND_RESOURCES[k], ns, label_selector=MANAGED_SELECTOR, metadata_only=True)
-                  for k in KINDS for ns in scopes]
-        raws: list[bytes | None] = list(await asyncio.gather(*calls))
+    async def _list_agents(self, scopes: list[str | None]) -> list[dict[str, Any]]:
         agents: list[dict[str, Any]] = []
-        objects: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
-        for i, raw in enumerate(raws):
-            raws[i] = None
-            items = json.loads(raw or b"{}").get("items") or []
-            if i < len(scopes):
-                agents.extend(_slim_agent(a) for a in items)
-            else:
-                kind = KINDS[(i - len(scopes)) // len(scopes)]
-                objects[kind].extend(_slim_child(kind, o) for o in items)
-            del items, raw
-        return agents, objects
+        for ns in scopes:
+            items = json.loads(await self.rt.client.list_raw(AGENTS, ns)).get("items") or []
+            agents.extend(_slim_agent(a) for a in items)
+            del items
+        return agents
+
+    async def _classify_children(self, scopes: list[str | None], classifier: Classifier,
+                                 report: SweepReport) -> list[Leak]:
+        """One list per managed kind (by the managed-by label), per namespace, as metadata only
+        (PartialObjectMetadataList): a full pod is several KB. Each list is fetched, parsed,
+        classified and dropped before the next: only the leaks are kept."""
+        leaks: list[Leak] = []
+        for kind in KINDS:
+            for ns in scopes:
+                raw = await self.rt.client.list_raw(KIND_RESOURCES[kind], ns, label_selector=MANAGED_SELECTOR,
+                                                    metadata_only=True)
+                items = json.loads(raw).get("items") or []
+                del raw
+                report.objects += len(items)
+                for obj in items:
+                    leak = classifier(kind, obj)
+                    if leak is not None:
+                        leak.obj = _slim_child(kind, leak.obj)
+                        leaks.append(leak)
+                del items
+        return leaks
 
     async def sweep(self) -> SweepReport:
         rt = self.rt
         if self.peering is not None and not await self.peering.active(rt.client, rt.clock()):
             return SweepReport()          # a healthy standby: the active replica sweeps
-        agents, objects = await self._list()
-        report = SweepReport(objects=sum(len(v) for v in objects.values()))
-        leaks = classify(agents, objects, rt.clock(), set(rt.archive_failing))
+        # Memory, not time, is the cost of a sweep over 10 000s of objects: one list at a time (the
+        # Agents first, cut down at once to what classification needs), and of the managed objects
+        # only the leaks are kept. Still one list per kind (and of the Agents), per namespace.
+        scopes: list[str | None] = list(rt.namespaces) or [None]
+        report = SweepReport()
+        classifier = Classifier(await self._list_agents(scopes), rt.clock(), set(rt.archive_failing))
+        leaks = await self._classify_children(scopes, classifier, report)
+        del classifier
         for leak in leaks:
             report.found[(leak.kind, leak.reason)] += 1
             if leak.key not in self._detected:
