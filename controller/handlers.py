@@ -70,14 +70,20 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 def configure(settings: kopf.OperatorSettings) -> None:
     """kopf settings: our finalizer name; progress and diff-base in annotations (never in status,
-    which the structural schema prunes); only warnings become Kubernetes Events."""
+    which the structural schema prunes); warnings and errors that kopf logs about an object (a handler
+    failing and being retried) also become Kubernetes Events on it, for `kubectl describe`."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.posting.loggers = True        # kopf's default is False: handler failures would be log-only
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.queueing.worker_limit = None
+    # No dynamic discovery of CRDs and namespaces: it needs cluster-wide list/watch of CRDs and
+    # namespaces, which least privilege does not grant (kopf would log 403s and serve the same
+    # fixed set anyway). The Agent CRD must exist when the controller starts (the chart installs it).
+    settings.scanning.disabled = True
     settings.networking.request_timeout = 60
 
 

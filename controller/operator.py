@@ -11,9 +11,10 @@ from typing import Any, cast
 
 import kopf
 
+from . import DEFAULT_ARCHIVE_DIR, GROUP, PLURAL, VERSION
 from .archive import Archive
 from .health import HealthServer
-from .kube.client import ClientConfig, KubeClient
+from .kube.client import ApiError, ClientConfig, KubeClient
 from .metrics import Metrics
 from .peering import Peering
 from .runtime import Runtime, utcnow
@@ -21,7 +22,6 @@ from .sweep import Sweeper
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARCHIVE_DIR = "/var/lib/agent-controller/archive"
 
 
 @dataclass
@@ -54,10 +54,11 @@ def build_runtime(options: Options, config: ClientConfig | None = None) -> Runti
 
 def _login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
     """kopf's credentials are this operator's own client configuration (from its memo), so several
-    controllers in one process (tests, bench) each talk to their own API server as their own user."""
+    controllers in one process (tests, bench) each talk to their own API server as their own user.
+    kopf calls this again after a 401: a rotated service-account token is picked up."""
     cfg = memo.runtime.client.config
     return kopf.ConnectionInfo(
-        server=cfg.server, token=cfg.token, ca_path=cfg.ca_file, insecure=not cfg.verify_ssl,
+        server=cfg.server, token=cfg.current_token(), ca_path=cfg.ca_file, insecure=not cfg.verify_ssl,
         certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
         default_namespace=cfg.default_namespace, expiration=None)
 
@@ -82,12 +83,35 @@ def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]
     return sweeper, health
 
 
+class CrdMissing(OSError):
+    """The API server does not serve Agents: the CRD is not installed."""
+
+
+async def require_crd(client: KubeClient) -> None:
+    """Refuse to start without the Agent CRD: kopf would otherwise run and serve nothing (its dynamic
+    discovery of CRDs created later needs cluster-wide CRD access, which the role does not grant)."""
+    try:
+        found = await client.request("GET", f"/apis/{GROUP}/{VERSION}")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        found = {}
+    if not any(r.get("name") == PLURAL for r in found.get("resources") or []):
+        raise CrdMissing(f"the API server does not serve {PLURAL}.{GROUP}/{VERSION}: install the CRD first "
+                         "(kubectl apply -f manifests/crd.yaml, or the Helm chart)")
+
+
 async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Sweeper | None = None,
               health: HealthServer | None = None, stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run the controller until `stop_flag` is set (or forever)."""
     from . import handlers
 
     rt = runtime or build_runtime(options)
+    try:
+        await require_crd(rt.client)
+    except BaseException:
+        await rt.client.close()
+        raise
     if sweeper is None or health is None:
         sweeper, health = build_servers(options, rt)
 

@@ -52,10 +52,10 @@ async def reconcile(rt: Runtime, agent: Mapping[str, Any], pod: Any = _UNSET, *,
                     clean_up_now: bool = True) -> float | None:
     """Bring one Agent a step further. Returns seconds after which to look again, if any.
 
-    `clean_up_now=False` (the pod watcher, the clock daemon) only records a terminal phase: the
-    cleanup then runs in the Agent's own handler, which the phase change triggers (so the pod
-    watcher stays free to deliver the pod's deletion to that cleanup, and a daemon that kopf stops
-    once the Agent is terminal never holds a cleanup).
+    `clean_up_now=False` (kopf's create/update handler, the pod watcher, a deadline alarm) only
+    records a terminal phase: the cleanup then runs in the background task that the Agent's event
+    handler starts on the phase change (so the pod watcher stays free to deliver the pod's deletion
+    to that cleanup, and kopf's handlers for the Agent are never held by one).
 
     Raises CleanupFailed (retry later) or ApiError for anything unexpected.
     """

@@ -1,8 +1,9 @@
 """A thin async Kubernetes REST client on aiohttp.
 
-Configuration comes from the official `kubernetes` package's loaders (kubeconfig or in-cluster),
-so every auth method they support works; the requests themselves are plain aiohttp, which keeps
-the controller fully asynchronous (no thread per call) and cheap per request.
+Configuration comes from the service account in a pod, or from the official `kubernetes` package's
+kubeconfig loader (see kube/config.py), so every auth method it supports works; the requests
+themselves are plain aiohttp, which keeps the controller fully asynchronous (no thread per call)
+and cheap per request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from .config import TokenFile, from_kubeconfig, in_cluster
 
 log = logging.getLogger(__name__)
 
@@ -90,37 +93,27 @@ class ClientConfig:
     key_file: str | None = None
     verify_ssl: bool = True
     default_namespace: str = "default"
+    token_file: str | None = None       # in a pod: the token is read again from here as it rotates
+
+    def __post_init__(self) -> None:
+        self._tokens: TokenFile | None = TokenFile(self.token_file, self.token or "") if self.token_file else None
 
     @classmethod
     def load(cls, kubeconfig: str | None = None, context: str | None = None) -> ClientConfig:
-        """In-cluster config when running in a pod (and no kubeconfig given), else the kubeconfig."""
+        """In-cluster config when running in a pod (and no kubeconfig given), else the kubeconfig
+        (see kube/config.py). Raises ConfigError (an OSError) with a one-line message."""
         import os
 
-        from kubernetes import client as kclient
-        from kubernetes import config as kconfig
-
-        cfg = kclient.Configuration()
-        namespace = "default"
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kconfig.load_incluster_config(client_configuration=cfg)
-            try:
-                with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
-                    namespace = fh.read().strip() or "default"
-            except OSError:
-                pass
-        else:
-            kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
-            try:
-                _, active = kconfig.list_kube_config_contexts(config_file=kubeconfig)
-                namespace = (active or {}).get("context", {}).get("namespace") or "default"
-            except Exception:  # noqa: BLE001 - the namespace is only a default
-                pass
-        token = None
-        auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-        if auth:
-            token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
-        return cls(server=cfg.host.rstrip("/"), token=token, ca_file=cfg.ssl_ca_cert, cert_file=cfg.cert_file,
-                   key_file=cfg.key_file, verify_ssl=bool(cfg.verify_ssl), default_namespace=namespace)
+            return cls(**in_cluster())
+        return cls(**from_kubeconfig(kubeconfig, context))
+
+    def current_token(self) -> str | None:
+        return self._tokens.current() if self._tokens is not None else self.token
+
+    def auth_headers(self) -> dict[str, str]:
+        token = self.current_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https"):
@@ -146,9 +139,7 @@ class KubeClient:
         self._streams: aiohttp.ClientSession | None = None
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
-        headers = {"Accept": "application/json"}
-        if self.config.token:
-            headers["Authorization"] = f"Bearer {self.config.token}"
+        headers = {"Accept": "application/json"}      # Authorization: per request (the token may rotate)
         connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=limit)
         return aiohttp.ClientSession(self.config.server, headers=headers, connector=connector)
 
@@ -185,7 +176,9 @@ class KubeClient:
         """The answer's body, unparsed (the caller decides when to pay for parsing it)."""
         session = await self.session()
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if body is not None else {}
+        headers = self.config.auth_headers()
+        if body is not None:
+            headers["Content-Type"] = content_type
         if accept:
             headers["Accept"] = accept
         self.requests[(method, _resource_of(path))] += 1
@@ -264,7 +257,7 @@ class KubeClient:
         if previous:
             params["previous"] = "true"
         self.requests[("GET", "pods/log")] += 1
-        resp = await session.get(PODS.path(namespace, pod, "log"), params=params,
+        resp = await session.get(PODS.path(namespace, pod, "log"), params=params, headers=self.config.auth_headers(),
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout))
         if resp.status >= 300:
             text = await resp.text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from helpers import Api, HttpError, leftovers, script, wait_for
@@ -32,6 +34,20 @@ def test_server_error_on_pod_delete_is_retried(api, ns, cluster, controller):
     agent = wait_for(cleaned(api, ns, "c500"), timeout=120)
     assert agent["status"]["cleanup"]["podDeleted"] is True
     assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
+
+
+def test_handler_failure_is_an_event_on_the_agent(api, ns, cluster, controller):
+    """`kubectl describe agent` shows why it is stuck: kopf's retried handler failure is a Warning Event."""
+    cluster.faults.inject(verb="create", resource="pods", namespace=ns, status=500, times=6)  # > client retries
+    created = api.create_agent(ns, "ev500", {"image": "agent:1", "env": script([{"sleep": 3600}])})
+    uid = created["metadata"]["uid"]
+    wait_for(running(api, ns, "ev500"), timeout=120)
+
+    def warning():
+        return [e for e in api.events(ns) if e.get("involvedObject", {}).get("uid") == uid
+                and e.get("type") in ("Warning", "Error")]
+    events = wait_for(warning, message="a Warning/Error Event about the failed handler")
+    assert any("500" in e.get("message", "") or "failed" in e.get("message", "") for e in events), events
 
 
 def test_unwritable_archive_keeps_pod_then_recovers(api, ns, cluster, make_controller, tmp_path):
@@ -181,3 +197,19 @@ def test_terminal_phase_is_final_in_the_api(api, ns):
     assert info.value.status == 422 and "terminal" in info.value.body["message"]
     api.patch_agent(ns, "fin", {"status": {"message": "still fine"}}, status=True)
     assert json.dumps(api.agent(ns, "fin")["status"]["phase"]) == '"Completed"'
+
+
+def test_run_without_the_crd_is_a_one_line_error(tmp_path):
+    """Without the Agent CRD the controller refuses to start (kopf would run and serve nothing)."""
+    from controller.devcluster import DevCluster
+
+    with DevCluster() as bare:
+        kubeconfig = bare.kubeconfig_path(str(tmp_path / "kubeconfig"), user="admin")
+        done = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--kubeconfig", kubeconfig,
+                               "--archive-dir", str(tmp_path / "archive"), "--metrics-port", "0", "--health-port", "0"],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "agent-controller: the API server does not serve agents.agentcontroller.dev/v1alpha1: install the CRD "
+        "first (kubectl apply -f manifests/crd.yaml, or the Helm chart)")
+    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr
