@@ -93,8 +93,8 @@ class ControllerProcess:
         return count, total
 
     def stop(self, timeout: float = 2.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`: the bench measures nothing of the shutdown (kopf
-        gives lingering tasks 5 s), and every scenario starts a fresh controller in a fresh namespace."""
+        """SIGTERM, then SIGKILL after `timeout` (a failsafe: the controller exits at once): the bench
+        measures nothing of the shutdown, and every scenario starts a fresh controller in a fresh namespace."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

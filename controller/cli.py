@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -142,13 +141,11 @@ def _without_kubernetes_client() -> None:
 
 
 async def _run_until_signal(options: Any) -> None:
+    """kopf stops the operator on SIGINT/SIGTERM itself (its handlers, in the main thread). A stop flag
+    of our own would be left unset and kopf would wait 5 s for its waiter task before exiting."""
     from .operator import run
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await run(options, stop_flag=stop)
+    await run(options)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from helpers import Api, HttpError, leftovers, script, wait_for
@@ -198,18 +196,3 @@ def test_terminal_phase_is_final_in_the_api(api, ns):
     api.patch_agent(ns, "fin", {"status": {"message": "still fine"}}, status=True)
     assert json.dumps(api.agent(ns, "fin")["status"]["phase"]) == '"Completed"'
 
-
-def test_run_without_the_crd_is_a_one_line_error(tmp_path):
-    """Without the Agent CRD the controller refuses to start (kopf would run and serve nothing)."""
-    from controller.devcluster import DevCluster
-
-    with DevCluster() as bare:
-        kubeconfig = bare.kubeconfig_path(str(tmp_path / "kubeconfig"), user="admin")
-        done = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--kubeconfig", kubeconfig,
-                               "--archive-dir", str(tmp_path / "archive"), "--metrics-port", "0", "--health-port", "0"],
-                              capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done.stderr
-    assert done.stderr.splitlines()[-1] == (
-        "agent-controller: the API server does not serve agents.agentcontroller.dev/v1alpha1: install the CRD "
-        "first (kubectl apply -f manifests/crd.yaml, or the Helm chart)")
-    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr
