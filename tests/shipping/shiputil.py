@@ -105,33 +105,26 @@ def run(
     return proc
 
 
+def _helm(subcommand: list[str], values: dict[str, Any] | None, extra: tuple[str, ...],
+          check: bool) -> subprocess.CompletedProcess[str]:
+    """`helm <subcommand>` with these values, passed as a values file (typed exactly, unlike --set)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args: list[str] = []
+        if values:
+            path = pathlib.Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(values))
+            args = ["-f", str(path)]
+        return run([tool("helm"), *subcommand, "--namespace", NAMESPACE, *args, *extra], check=check)
+
+
 def helm_template(
     values: dict[str, Any] | None = None, *extra: str, check: bool = True, chart: pathlib.Path = CHART
 ) -> subprocess.CompletedProcess[str]:
-    """`helm template` with these values, passed as a values file (typed exactly, unlike --set)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        args: list[str] = []
-        if values:
-            path = pathlib.Path(tmp) / "values.yaml"
-            path.write_text(yaml.safe_dump(values))
-            args = ["-f", str(path)]
-        return run(
-            [tool("helm"), "template", RELEASE, str(chart), "--namespace", NAMESPACE, *args, *extra],
-            check=check,
-        )
+    return _helm(["template", RELEASE, str(chart)], values, extra, check)
 
 
 def helm_lint(values: dict[str, Any] | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        args: list[str] = []
-        if values:
-            path = pathlib.Path(tmp) / "values.yaml"
-            path.write_text(yaml.safe_dump(values))
-            args = ["-f", str(path)]
-        return run(
-            [tool("helm"), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *args, *extra],
-            check=False,
-        )
+    return _helm(["lint", "--strict", str(CHART)], values, extra, check=False)
 
 
 @functools.cache
