@@ -192,6 +192,8 @@ async def _clean_up_terminal(rt: Runtime, agent: dict[str, Any]) -> None:
                         agent["metadata"].get("name"), exc, delay)
         await asyncio.sleep(delay)
         try:
+            if await rt.standing_by():
+                return      # kopf paused this replica: the active one cleans up
             fresh = await rt.client.get_same(AGENTS, agent)
         except ApiError:
             continue
@@ -212,6 +214,8 @@ async def _clock_due(rt: Runtime, namespace: str, name: str, uid: str) -> None:
     failures = 0
     while True:
         try:
+            if await rt.standing_by():
+                return      # kopf paused this replica: the active one has the same alarm
             fresh = await rt.client.get_same(AGENTS, ref)
             if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                 return

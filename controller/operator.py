@@ -77,6 +77,7 @@ def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]
     peering = None
     if options.peering:
         peering = Peering(options.peering, options.namespaces[0] if options.namespaces else None)
+    rt.peering = peering
     sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout, peering=peering)
     health = HealthServer(rt, sweeper, host=options.listen_host, metrics_port=options.metrics_port,
                           health_port=options.health_port)

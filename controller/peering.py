@@ -1,14 +1,17 @@
 """High availability: is this replica the active one among its kopf peers?
 
-With `--peering NAME`, kopf pauses every replica but the one with the highest priority. The sweep is
-not a kopf handler, so it asks the same question itself before reaping anything: it reads the
-peering object kopf maintains (`status` holds each live peer's priority and keep-alive) and runs
-only when no other live peer has a higher (or equal) priority.
+With `--peering NAME`, kopf pauses every replica but the one with the highest priority. kopf pauses
+only its own handlers: the sweep, the alarms (deadlines, cleanup delays, TTLs) and the retries of
+background cleanups ask the same question themselves before acting (`Runtime.standing_by()`): they
+read the peering object kopf maintains (`status` holds each live peer's priority and keep-alive) and
+act only when no other live peer has a higher (or equal) priority, and the object exists (without it
+kopf stays paused).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import random
 import socket
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .kube.client import ApiError, KubeClient, Resource
+
+log = logging.getLogger(__name__)
 
 CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 NAMESPACED_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
@@ -55,6 +60,10 @@ class Peering:
             body = await client.get(res, self.namespace, self.name)
         except ApiError as exc:
             if exc.not_found:
-                return True    # no peering object: nobody else coordinates with us
+                # kopf (whose peering is mandatory with a name) pauses without it: so do we.
+                where = f"KopfPeering {self.namespace}/{self.name}" if self.namespace else \
+                    f"ClusterKopfPeering {self.name}"
+                log.warning("%s not found: standing by (create it, as the Helm chart does)", where)
+                return False
             raise
         return not self.outranked(body.get("status") or {}, now)

@@ -14,6 +14,7 @@ from .archive import Archive
 from .kube.client import KubeClient
 from .metrics import Metrics
 from .names import credentials_name, label_value, pod_name, prompt_configmap_name
+from .peering import Peering
 
 _malloc_trim: Any = None
 
@@ -221,6 +222,13 @@ class Runtime:
     phases: dict[str, str] = field(default_factory=dict)      # agent uid -> phase last seen on the watch
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)   # background work, by agent uid
     alarms: Alarms = field(default_factory=Alarms)     # deadlines, cleanup delays, TTLs
+    peering: Peering | None = None                     # with standby replicas (--peering)
+
+    async def standing_by(self) -> bool:
+        """Is another replica the active one? kopf pauses only its own handlers and watches: work this
+        process started itself (alarms, cleanup retries, the sweep) asks before it acts. A replica that
+        stands by drops such work; kopf lists every Agent again when it resumes, which re-arms it."""
+        return self.peering is not None and not await self.peering.active(self.client, self.clock())
 
     def spawn(self, key: str, work: Coroutine[Any, Any, None]) -> bool:
         """Run `work` in the background unless work for `key` is still running (then it is dropped)."""

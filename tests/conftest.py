@@ -70,11 +70,14 @@ def make_controller(cluster: Any, ns: str, archive_dir: Path) -> Iterator[Any]:
 
     def make(**overrides: Any) -> Any:
         token = overrides.pop("token", cluster.admin_token)
+        priority = overrides.pop("peering_priority", None)   # with peering=NAME: fixed, not random
         options = controller_options(ns, overrides.pop("archive_dir", archive_dir), **overrides)
         config = ClientConfig(server=cluster.url, token=token, default_namespace=ns)
-        ctl = BackgroundController(options, config).start()
+        ctl = BackgroundController(options, config)
+        if priority is not None:
+            ctl.sweeper.peering.priority = priority
         started.append(ctl)
-        return ctl
+        return ctl.start()
 
     yield make
     for ctl in started:
