@@ -109,7 +109,7 @@ RESTRICTED_CONTAINER_SECURITY = {
 RESTRICTED_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def pod(agent: Mapping[str, Any]) -> dict[str, Any]:
+def pod(agent: Mapping[str, Any], pod_security: str = "restricted") -> dict[str, Any]:
     """The agent's pod: the generated spec wins over `spec.podTemplate`, lists merge by name."""
     meta = agent["metadata"]
     spec = agent.get("spec") or {}

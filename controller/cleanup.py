@@ -1,56 +1,67 @@
 """What happens when an agent ends — the one place.
 
-`clean_up()` is the only cleanup implementation. The reconcile loop (terminal phase), the finalizer
-(deletion) and the sweep (leftovers of terminal agents) all call it. For one agent it runs under a
-per-UID lock and is idempotent: after a crash at any line, running it again finishes the job.
+`clean_up()` is the only cleanup implementation: `sync` runs it for a terminal Agent (whatever made
+it terminal, the finalizer's deletion and the sweep's findings included). The work queue never runs
+two syncs of one Agent at once, and every step is idempotent: after a crash at any line, running it
+again finishes the job.
 
-Order (SPEC §4):
-1. Archive: open every container's log stream (and the previous instance's) *before* the pod is
-   asked to stop, write into a temporary directory, then prompt.txt, agent.json, MANIFEST.json last,
-   fsync, rename. An archive whose MANIFEST.json exists is never written again.
-2. Stop the pod: delete with its grace period and a UID precondition; force (grace 0) after
-   grace + 30 s.
-3. Delete the prompt ConfigMap and the credentials (UID preconditions).
-4. Verify: nothing may be left. The pods: a fresh list by the agent-uid label (a pod still
-   terminating counts as left). The prompt and the credentials: the API server's answer to each
+The steps (SPEC §4), each a function below:
+
+1. `begin`: count the attempt; publish `cleanup.state: Running` (a first attempt only if it takes
+   longer than RUNNING_MARK_AFTER — see `running_mark`).
+2. `archive_and_stop` (logs.py): open every container's log stream (and the previous instance's)
+   *before* the pod is asked to stop; delete the pod with its grace period and a UID precondition,
+   force it after grace + 30 s; write into a temporary directory, then prompt.txt, agent.json,
+   MANIFEST.json last; make it durable; rename. An archive whose MANIFEST.json exists is never
+   written again. Data first: if the archive cannot be written, nothing is deleted.
+3. `delete_and_verify`: delete the prompt ConfigMap and the credentials (UID preconditions); then
+   verify that nothing is left: the pods by a fresh list on the agent-uid label (a pod still
+   terminating counts as left), the prompt and the credentials by the API server's answer to each
    delete (removed, 404, or 409 = the name holds another UID now; an object still being finalized
-   counts as left).
-5. Record: status.cleanup Succeeded, condition CleanedUp, an Event, metrics.
+   counts as left) — or, on the thorough path, one list per kind.
+4. `record_success` / `record_failure`: status.cleanup Succeeded with `verifiedNoLeaks`, condition
+   CleanedUp, an Event, metrics — or Retrying with the error, and the delay before the next attempt.
 
-Which children exist is known without a request when this process created them (`rt.children`,
-see runtime.ChildCache). Otherwise — after a restart, on any retry, on the sweep's recheck — the
-cleanup is thorough: one list per managed kind by the agent-uid label before the deletes, and again
-after them.
+Which children exist is known without a request when this process created them (`rt.children` and
+the pod cache). Otherwise — after a restart, on any retry, on the sweep's recheck — the cleanup is
+thorough: one list per managed kind by the agent-uid label before the deletes, and again after them.
 
 Requests of a first attempt for an agent this process created, with a prompt: 9 — a log stream per
 container, 5 deletes, 1 pod list, status Succeeded, the Event — plus status Running if it takes
 longer than RUNNING_MARK_AFTER (a pod that takes its grace period). Retries and thorough runs write
 Running first, and list (5 + 5).
-
-Data first: if archiving fails, nothing is deleted; the error is recorded, state is Retrying, and
-the caller retries with exponential backoff (cap 5 min).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import api
-from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
-from .kube.client import AGENTS, EVENTS, KIND_RESOURCES, PODS, ApiError, LogStream
+from .archive import ArchiveError, ArchiveResult
+from .events import NORMAL, WARNING
+from .kinds import BY_LABEL, CHILD_KINDS, LABELS
+from .kube.client import ApiError
+from .kube.resources import AGENTS, PODS
+from .logs import archive_and_stop_pods, stop_pods
 from .names import PROMPT_KEY, uid_selector
-from .runtime import POD_FINISHED, Child, Runtime
+from .runtime import Runtime
+from .workqueue import retry_delay
 
 log = logging.getLogger(__name__)
 
-CREDENTIAL_KINDS = ("serviceaccount", "role", "rolebinding")
-DELETE_ORDER = ("configmap",) + CREDENTIAL_KINDS
+RUNNING_MARK_AFTER = 1.0   # seconds: a fast-path cleanup that takes longer publishes state Running
+RUNNING_MARK_MAX_IN_FLIGHT = 100   # ... unless this many syncs are running (a burst)
+RETRY_BASE_SECONDS = 1.0   # cleanup retries: 1, 2, 4, ... s (with jitter), capped at 5 minutes
+
+Children = dict[str, list[dict[str, Any]]]     # kind label -> objects
 
 
 class CleanupFailed(Exception):
@@ -65,18 +76,263 @@ class CleanupFailed(Exception):
 class Outcome:
     trigger: str
     done: bool = False
-    already: bool = False          # nothing to do: it had succeeded before
     archive: ArchiveResult | None = None
     new_bytes: int = 0
     left: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _obj_uid(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("uid", ""))
+@dataclass
+class Attempt:
+    """One cleanup attempt of one Agent: what `begin` established, what the steps add."""
+
+    agent: Mapping[str, Any]
+    trigger: str
+    number: int
+    errors: list[str]
+    finished_at: datetime.datetime      # when the Agent ended (this process's precise moment if it saw it)
+    start: dict[str, Any]               # the status fields this attempt records from its start
+    recorded: dict[str, Any]            # status.cleanup as it will be written
+    snapshot: Mapping[str, Any]         # the Agent as archived in agent.json
+    fast: bool                          # the children are known: no list before the deletes
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.agent["metadata"]
+
+    @property
+    def spec(self) -> api.AgentSpec:
+        return api.AgentSpec.from_dict(self.agent.get("spec") or {})
 
 
-def _obj_name(obj: Mapping[str, Any]) -> str:
+# ------------------------------------------------------------------------ the cleanup
+
+
+async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool = False) -> Outcome:
+    """Run one cleanup attempt of a terminal (or deleted) Agent to success, or raise CleanupFailed."""
+    attempt = begin(rt, agent, trigger, thorough)
+    status = agent.get("status") or {}
+    if attempt.number == 1 and not (status.get("cleanup") or {}).get("trigger"):
+        # No trigger recorded: the agent itself reported its end (the controller records one with it).
+        phase = str(status.get("phase"))
+        await rt.events.post(agent, NORMAL if phase == api.COMPLETED else WARNING, "Reported",
+                             f"The agent reported {phase}" + (f": {status['message']}" if status.get("message") else "."))
+    async with running_mark(rt, attempt) as mark:
+        try:
+            if not attempt.fast:
+                attempt.snapshot = await mark.write_now()
+            found = await children_of(rt, attempt)
+            archived = await archive_and_stop(rt, attempt, found["pod"])
+            left = await delete_and_verify(rt, attempt, found)
+            if left:
+                raise RuntimeError("resources still present after cleanup: " + ", ".join(
+                    f"{kind}/{name}" for kind, names in sorted(left.items()) for name in names))
+        except Exception as exc:
+            await mark.settle()
+            raise await record_failure(rt, attempt, exc) from exc
+        await mark.settle()
+    return await record_success(rt, attempt, archived)
+
+
+def begin(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool) -> Attempt:
+    meta = agent["metadata"]
+    status = agent.get("status") or {}
+    cleanup = status.get("cleanup") or {}
+    number = int(cleanup.get("attempts") or 0) + 1
+    now = rt.clock()
+    finished_at = rt.terminal_at.get(meta["uid"]) or api.parse_time(status.get("completionTime")) or now
+    recorded: dict[str, Any] = {"state": api.CLEANUP_RUNNING, "trigger": cleanup.get("trigger") or trigger,
+                                "attempts": number}
+    start: dict[str, Any] = {"cleanup": recorded}
+    if not status.get("completionTime"):
+        start["completionTime"] = api.format_time(finished_at)
+    fast = not thorough and number == 1 and rt.children.get(meta["uid"]) is not None
+    snapshot = {**agent, "status": {**status, **start}}
+    return Attempt(agent, trigger, number, list(cleanup.get("errors") or []), finished_at, start, recorded,
+                   snapshot, fast)
+
+
+class _Mark:
+    """The `cleanup.state: Running` write of one attempt (see running_mark)."""
+
+    def __init__(self, rt: Runtime, attempt: Attempt):
+        self.rt = rt
+        self.attempt = attempt
+        self.task: asyncio.Task[Any] | None = None
+        self.sending = False
+
+    async def write_now(self) -> Mapping[str, Any]:
+        """Publish the start now (retries and thorough runs do, before anything else)."""
+        try:
+            return await patch_status(self.rt, self.attempt.agent, self.attempt.start)
+        except ApiError as exc:
+            if exc.not_found:
+                raise CleanupFailed("the Agent is gone", 0.0) from exc
+            raise
+
+    def later(self, delay: float) -> None:
+        async def send() -> None:
+            await asyncio.sleep(delay)
+            self.sending = True
+            with contextlib.suppress(ApiError):
+                await patch_status(self.rt, self.attempt.agent, self.attempt.start)
+        self.task = asyncio.create_task(send())
+
+    async def settle(self) -> None:
+        """Before the attempt's last write: a `Running` write on its way lands first; one not yet sent
+        never will be."""
+        if self.task is None:
+            return
+        if self.sending:
+            with contextlib.suppress(Exception):
+                await self.task
+        else:
+            self.task.cancel()
+        self.task = None
+
+
+@contextlib.asynccontextmanager
+async def running_mark(rt: Runtime, attempt: Attempt) -> AsyncIterator[_Mark]:
+    """`cleanup.state: Running` for this attempt. A fast first attempt publishes it only if it takes
+    longer than RUNNING_MARK_AFTER (a pod using its grace period): a quick one goes from Pending to
+    Succeeded in one write; in a burst (many syncs running) not at all, as one more status write per
+    agent would only add to the work that delays them all. Other attempts write it first
+    (`write_now`)."""
+    mark = _Mark(rt, attempt)
+    if attempt.fast and rt.queue.running() < RUNNING_MARK_MAX_IN_FLIGHT:
+        mark.later(RUNNING_MARK_AFTER)
+    try:
+        yield mark
+    finally:
+        if mark.task is not None and not mark.sending:
+            mark.task.cancel()
+
+
+async def children_of(rt: Runtime, attempt: Attempt) -> Children:
+    """The Agent's children before the deletes: what this process created (no request), else one list
+    per kind by the agent-uid label."""
+    ns, uid = attempt.meta["namespace"], attempt.meta["uid"]
+    known = rt.children.get(uid) if attempt.fast else None
+    if known is None:
+        return await list_children(rt, ns, uid)
+    found: Children = {kind: [] for kind in LABELS}
+    found["pod"] = [p.body() for p in rt.pods.owned_by(uid)]
+    name = attempt.meta["name"]
+    for kind, child_uid in known:
+        found[kind].append({"metadata": {"name": BY_LABEL[kind].name(name), "namespace": ns, "uid": child_uid}})
+    return found
+
+
+async def archive_and_stop(rt: Runtime, attempt: Attempt, pods: list[dict[str, Any]]) -> ArchiveResult | None:
+    """Step 1 and 2: the archive (unless `cleanup.logs: Delete`) and the pods stopped."""
+    spec = attempt.spec
+    grace = spec.cleanup.grace_period_seconds
+    if spec.cleanup.logs != api.LOGS_ARCHIVE:
+        await stop_pods(rt, pods, grace)
+        return None
+    meta = attempt.meta
+    directory = rt.archive.agent_dir(meta["namespace"], meta["name"], meta["uid"])
+    return await archive_and_stop_pods(rt, directory, pods, grace, extra_files=lambda: agent_files(attempt))
+
+
+async def delete_and_verify(rt: Runtime, attempt: Attempt, found: Children) -> dict[str, list[str]]:
+    """Step 3 and 4: delete the prompt and the credentials, then what is left (names by kind)."""
+    ns, uid = attempt.meta["namespace"], attempt.meta["uid"]
+    deletes = [(kind, obj) for kind in LABELS if kind != "pod" for obj in found[kind]]
+    gone = list(await asyncio.gather(*(delete_child(rt, kind, obj) for kind, obj in deletes)))
+    if not attempt.fast:
+        left = await list_children(rt, ns, uid)
+    else:
+        left = {kind: [] for kind in LABELS}
+        left["pod"] = list((await rt.client.list(PODS, ns, label_selector=uid_selector(uid))).get("items") or [])
+        for (kind, obj), ok in zip(deletes, gone):
+            if not ok:
+                left[kind].append(obj)
+    names = {kind: [_name(o) for o in objs] for kind, objs in left.items() if objs}
+    attempt.recorded.update({
+        "podDeleted": not left["pod"],
+        "promptDeleted": not left["configmap"],
+        "credentialsDeleted": not any(left[k.label] for k in CHILD_KINDS if k.credential),
+        "verifiedNoLeaks": not names,
+    })
+    return names
+
+
+async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult | None) -> Outcome:
+    meta = attempt.meta
+    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    status = attempt.agent.get("status") or {}
+    done_at = rt.clock()
+    recorded = attempt.recorded
+    recorded["logsArchived"] = archived is not None
+    if archived is not None:
+        recorded["archivedFiles"] = archived.files
+        recorded["archivedBytes"] = archived.bytes
+    recorded.update({"state": api.CLEANUP_SUCCEEDED, "completionTime": api.format_time(done_at),
+                     "errors": attempt.errors})
+    final = await patch_status(rt, attempt.agent, {
+        **attempt.start,
+        "cleanup": recorded,
+        "conditions": api.conditions_for(status.get("phase"), status.get("reason"), api.CLEANUP_SUCCEEDED,
+                                         status.get("conditions"), done_at, status.get("message") or ""),
+    })
+    new_bytes = archived.bytes if archived is not None and not archived.already_existed else 0
+    rt.archive_failing.discard(uid)
+    rt.terminal_at.pop(uid, None)
+    rt.children.forget(uid)
+    rt.leftovers.discard(uid)
+    rt.mark_cleaned(uid)
+    trigger = attempt.trigger
+    rt.metrics.cleanups.labels(trigger=trigger, result="success").inc()
+    duration = max(0.0, (done_at - attempt.finished_at).total_seconds())
+    rt.metrics.cleanup_duration.labels(trigger=trigger).observe(duration)
+    rt.cleanup_durations.append(duration)
+    del rt.cleanup_durations[:-10_000]
+    if new_bytes:
+        rt.metrics.archived_bytes.inc(new_bytes)
+    files = len(archived.files) if archived else 0
+    what = f"{files} files archived" if archived else "logs not kept (cleanup.logs: Delete)"
+    pod = "pod, " if recorded.get("podDeleted") and _had_pod(attempt) else ""
+    await rt.events.post(final, NORMAL, "CleanedUp",
+                         f"Cleanup ({trigger}) succeeded: {pod}prompt and credentials deleted, {what}, "
+                         f"no leaks.")
+    log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger, "archived_bytes": new_bytes})
+    return Outcome(trigger=trigger, done=True, archive=archived, new_bytes=new_bytes)
+
+
+async def record_failure(rt: Runtime, attempt: Attempt, exc: BaseException) -> CleanupFailed:
+    """Record the failed attempt (state Retrying, the error) and say when to try again."""
+    if isinstance(exc, CleanupFailed):
+        return exc
+    meta = attempt.meta
+    uid = meta["uid"]
+    message = f"attempt {attempt.number}: {exc}"
+    errors = (attempt.errors + [message[:1000]])[-api.MAX_RECORDED_ERRORS:]
+    reason = exc.reason if isinstance(exc, ArchiveError) else None
+    if reason:
+        rt.metrics.archive_errors.labels(reason=reason).inc()
+        rt.archive_failing.add(uid)
+    rt.retrying.setdefault(uid, time.time())
+    rt.metrics.cleanups.labels(trigger=attempt.trigger, result="failure").inc()
+    attempt.recorded.update({"state": api.CLEANUP_RETRYING, "errors": errors})
+    with contextlib.suppress(ApiError):
+        await patch_status(rt, attempt.agent, {**attempt.start, "cleanup": attempt.recorded})
+    advice = exc.retry_after if isinstance(exc, ApiError) else None
+    delay = advice if advice is not None else retry_delay(attempt.number, base=RETRY_BASE_SECONDS)
+    await rt.events.post(attempt.agent, WARNING, "CleanupRetrying", f"{message}; retrying in {delay:.0f}s",
+                         aggregate=True)
+    log.warning("cleanup of %s/%s failed (%s); retrying in %.0fs", meta["namespace"], meta["name"], exc, delay)
+    return CleanupFailed(message, delay)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _had_pod(attempt: Attempt) -> bool:
+    return bool((attempt.agent.get("status") or {}).get("podName"))
 
 
 async def patch_status(rt: Runtime, agent: Mapping[str, Any], status: Mapping[str, Any],
@@ -88,13 +344,12 @@ async def patch_status(rt: Runtime, agent: Mapping[str, Any], status: Mapping[st
     return await rt.client.patch(AGENTS, meta["namespace"], meta["name"], body, sub="status")
 
 
-async def list_children(rt: Runtime, namespace: str, agent_uid: str) -> dict[str, list[dict[str, Any]]]:
+async def list_children(rt: Runtime, namespace: str, agent_uid: str) -> Children:
     """One list per managed kind, by the agent-uid label."""
     selector = uid_selector(agent_uid)
-    kinds = list(KIND_RESOURCES)
-    lists = await asyncio.gather(*(rt.client.list(KIND_RESOURCES[k], namespace, label_selector=selector)
-                                   for k in kinds))
-    return {k: list(result.get("items") or []) for k, result in zip(kinds, lists)}
+    lists = await asyncio.gather(*(rt.client.list(k.resource, namespace, label_selector=selector)
+                                   for k in CHILD_KINDS))
+    return {k.label: list(result.get("items") or []) for k, result in zip(CHILD_KINDS, lists)}
 
 
 async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: int | None = None) -> bool:
@@ -103,7 +358,7 @@ async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: in
     409 (the name now holds another UID). False: it still exists, terminating (finalizers, a pod's grace)."""
     meta = obj["metadata"]
     try:
-        answer = await rt.client.delete(KIND_RESOURCES[kind], meta.get("namespace"), meta["name"],
+        answer = await rt.client.delete(BY_LABEL[kind].resource, meta.get("namespace"), meta["name"],
                                         uid=meta["uid"], grace_period_seconds=grace)
     except ApiError as exc:
         if exc.status in (404, 409):
@@ -112,376 +367,13 @@ async def delete_child(rt: Runtime, kind: str, obj: Mapping[str, Any], grace: in
     return not (answer.get("metadata") or {}).get("deletionTimestamp")
 
 
-async def post_event(rt: Runtime, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """A Kubernetes Event (core/v1) about `obj`. Best effort: a failure is logged, never raised."""
-    meta = obj.get("metadata") or {}
-    now = api.format_time(rt.clock())
-    event = {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace")},
-        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-                           "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-                           "resourceVersion": meta.get("resourceVersion")},
-        "type": type_, "reason": reason, "message": message[:1024],
-        "source": {"component": "agent-controller"}, "reportingComponent": "agent-controller",
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    }
-    try:
-        await rt.client.create(EVENTS, meta.get("namespace"), event)
-    except ApiError as exc:
-        log.debug("event %s not posted: %s", reason, exc)
-
-
-async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str | None = None,
-                   recheck: bool = False) -> Outcome:
-    """Run the cleanup of one terminal (or deleted) agent to success, or raise CleanupFailed.
-
-    `recheck` (the sweep found leftovers) runs the steps again even after an earlier success;
-    the archive is still written only once.
-    """
-    meta = agent["metadata"]
-    uid = meta["uid"]
-    async with rt.locks.get(uid):
-        status = agent.get("status") or {}
-        cleanup = status.get("cleanup") or {}
-        if recheck:
-            trigger = trigger or api.TRIGGER_SWEEP
-            if uid in rt.cleaned or cleanup.get("state") == api.CLEANUP_SUCCEEDED:
-                # Done meanwhile (e.g. by the reconcile loop that held the lock): anything left?
-                if not any((await list_children(rt, meta["namespace"], uid)).values()):
-                    return Outcome(trigger=trigger, done=True, already=True)
-        else:
-            trigger = cleanup.get("trigger") or trigger or api.cleanup_trigger(
-                status.get("phase"), status.get("reason"), meta.get("deletionTimestamp") is not None)
-            if uid in rt.cleaned or cleanup.get("state") == api.CLEANUP_SUCCEEDED:
-                rt.cleaned.add(uid)
-                return Outcome(trigger=trigger, done=True, already=True)
-        return await _clean_up_locked(rt, agent, trigger, thorough=recheck)
-
-
-async def _children_of(rt: Runtime, ns: str, uid: str,
-                       known: tuple[Child, ...] | None) -> tuple[dict[str, list[dict[str, Any]]], bool]:
-    """The agent's children before the deletes: what this process created (`known`, no request), else
-    one list per kind. Returns (children, listed)."""
-    if known is None:
-        return await list_children(rt, ns, uid), True
-    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KIND_RESOURCES}
-    for child in known:
-        found[child.kind].append(child.body(ns))
-    return found, False
-
-
-async def _left_after(rt: Runtime, ns: str, uid: str, listed: bool, deletes: list[tuple[str, dict[str, Any]]],
-                      gone: list[bool]) -> dict[str, list[dict[str, Any]]]:
-    """What is left after the deletes. After a thorough run: one list per kind. Otherwise the deletes'
-    own answers for the prompt and the credentials (authoritative for each object this process created)
-    and a fresh list of the pods by the agent-uid label (a pod still terminating counts as left)."""
-    if listed:
-        return await list_children(rt, ns, uid)
-    left: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KIND_RESOURCES}
-    pods = await rt.client.list(PODS, ns, label_selector=uid_selector(uid))
-    left["pod"] = list(pods.get("items") or [])
-    for (kind, obj), ok in zip(deletes, gone):
-        if not ok:
-            left[kind].append(obj)
-    return left
-
-
-async def _clean_up_locked(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool = False) -> Outcome:
-    meta = agent["metadata"]
-    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    spec = api.AgentSpec.from_dict(agent.get("spec") or {})
-    status = agent.get("status") or {}
-    cleanup = status.get("cleanup") or {}
-    attempts = int(cleanup.get("attempts") or 0) + 1
-    errors = list(cleanup.get("errors") or [])
-    now = rt.clock()
-    # The precise moment this process saw the terminal phase, else the (second-precision) completionTime.
-    finished_at = rt.terminal_at.get(uid) or api.parse_time(status.get("completionTime")) or now
-    outcome = Outcome(trigger=trigger)
-    recorded: dict[str, Any] = {"state": api.CLEANUP_RUNNING, "trigger": cleanup.get("trigger") or trigger,
-                                "attempts": attempts}
-
-    start: dict[str, Any] = {"cleanup": recorded}
-    if not status.get("completionTime"):
-        start["completionTime"] = api.format_time(finished_at)
-    # The fast path: the first attempt for an agent whose children this process created. Its state
-    # `Running` is published only if it takes longer than RUNNING_MARK_AFTER (e.g. a pod that uses
-    # its grace period); a quick one goes from Pending to Succeeded in one write. In a burst (many
-    # cleanups in flight) it is not published at all: a status write per agent would only add to
-    # the work that delays them all. Any other attempt records it first.
-    known = None if thorough or attempts > 1 else rt.children.get(uid, name)
-    fast = known is not None
-    marker: RunningMark | None = None
-    try:
-        if fast:
-            snapshot = {**agent, "status": {**status, **start}}
-            if len(rt.tasks) < RUNNING_MARK_MAX_IN_FLIGHT:
-                marker = RunningMark(rt, agent, start, RUNNING_MARK_AFTER)
-        else:
-            try:
-                snapshot = await patch_status(rt, agent, start)
-            except ApiError as exc:
-                if exc.not_found:   # the Agent is gone for good; the sweep owns whatever is left
-                    return Outcome(trigger=trigger, done=True, already=True)
-                raise
-            if snapshot.get("metadata", {}).get("uid") != uid:
-                return Outcome(trigger=trigger, done=True, already=True)   # re-created under the same name
-
-        # Not the fast path (a retry, the sweep's recheck, an agent from before this process): lists.
-        found, listed = await _children_of(rt, ns, uid, known)
-        directory = rt.archive.agent_dir(ns, name, uid)
-        archived = None
-        if spec.cleanup.logs == api.LOGS_ARCHIVE:
-            archived = await archive_and_stop_pods(rt, directory, found["pod"], spec.cleanup.grace_period_seconds,
-                                                   extra_files=lambda: _agent_files(snapshot, spec))
-            outcome.archive = archived
-            outcome.new_bytes = 0 if archived.already_existed else archived.bytes
-        else:
-            await stop_pods(rt, found["pod"], spec.cleanup.grace_period_seconds)
-
-        deletes = [(kind, obj) for kind in DELETE_ORDER for obj in found[kind]]
-        gone = list(await asyncio.gather(*(delete_child(rt, kind, obj) for kind, obj in deletes)))
-
-        left = await _left_after(rt, ns, uid, listed, deletes, gone)
-        outcome.left = {k: [_obj_name(o) for o in v] for k, v in left.items() if v}
-        recorded.update({
-            "podDeleted": not left["pod"],
-            "promptDeleted": not left["configmap"],
-            "credentialsDeleted": not any(left[k] for k in CREDENTIAL_KINDS),
-            "logsArchived": archived is not None,
-            "verifiedNoLeaks": not outcome.left,
-        })
-        if archived is not None:
-            recorded["archivedFiles"] = archived.files
-            recorded["archivedBytes"] = archived.bytes
-        if outcome.left:
-            raise RuntimeError("resources still present after cleanup: " + ", ".join(
-                f"{k}/{n}" for k, names in sorted(outcome.left.items()) for n in names))
-
-        done_at = rt.clock()
-        recorded.update({"state": api.CLEANUP_SUCCEEDED, "completionTime": api.format_time(done_at),
-                         "errors": errors})
-        if marker is not None:
-            await marker.settle()     # a `Running` write in flight lands before `Succeeded`
-        final = await patch_status(rt, agent, {
-            **start,
-            "cleanup": recorded,
-            "conditions": api.conditions_for(status.get("phase"), status.get("reason"), api.CLEANUP_SUCCEEDED,
-                                             status.get("conditions"), done_at, status.get("message") or ""),
-        })
-        rt.cleaned.add(uid)
-        rt.archive_failing.discard(uid)
-        rt.terminal_at.pop(uid, None)
-        rt.children.forget(uid)
-        outcome.done = True
-        rt.metrics.cleanups.labels(trigger=trigger, result="success").inc()
-        duration = max(0.0, (done_at - finished_at).total_seconds())
-        rt.metrics.cleanup_duration.labels(trigger=trigger).observe(duration)
-        rt.cleanup_durations.append(duration)
-        del rt.cleanup_durations[:-10_000]
-        if outcome.new_bytes:
-            rt.metrics.archived_bytes.inc(outcome.new_bytes)
-        files = len(archived.files) if archived else 0
-        await post_event(rt, final, "Normal", "CleanedUp",
-                   f"Cleanup ({trigger}) succeeded: pod, prompt and credentials deleted, {files} files archived, "
-                   f"no leaks.")
-        log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger,
-                                             "archived_bytes": outcome.new_bytes})
-        return outcome
-    except asyncio.CancelledError:
-        if marker is not None:
-            marker.cancel()
-        raise
-    except Exception as exc:
-        if marker is not None:
-            await marker.settle()
-        message = f"attempt {attempts}: {exc}"
-        errors = (errors + [message[:1000]])[-api.MAX_RECORDED_ERRORS:]
-        reason = exc.reason if isinstance(exc, ArchiveError) else None
-        if reason:
-            rt.metrics.archive_errors.labels(reason=reason).inc()
-            rt.archive_failing.add(uid)
-        rt.metrics.cleanups.labels(trigger=trigger, result="failure").inc()
-        recorded.update({"state": api.CLEANUP_RETRYING, "errors": errors})
-        with contextlib.suppress(ApiError):
-            await patch_status(rt, agent, {**start, "cleanup": recorded})
-        delay = api.backoff_seconds(attempts)
-        await post_event(rt, agent, "Warning", "CleanupFailed", f"{message}; retrying in {delay:.0f}s")
-        log.warning("cleanup of %s/%s failed (%s); retrying in %.0fs", ns, name, exc, delay)
-        raise CleanupFailed(message, delay) from exc
-
-
-RUNNING_MARK_AFTER = 1.0   # seconds: a fast-path cleanup that takes longer publishes state Running
-RUNNING_MARK_MAX_IN_FLIGHT = 100   # ... unless this many background tasks (cleanups) are in flight
-
-
-class RunningMark:
-    """Writes the cleanup's start (state Running, attempts, completionTime) after `delay` seconds,
-    unless settled before. Once the write is on its way it is awaited, never cancelled, so that it
-    cannot land after a later write (Succeeded, Retrying)."""
-
-    def __init__(self, rt: Runtime, agent: Mapping[str, Any], start: Mapping[str, Any], delay: float):
-        self.sending = False
-        self._task = asyncio.create_task(self._run(rt, agent, dict(start), delay))
-
-    async def _run(self, rt: Runtime, agent: Mapping[str, Any], start: dict[str, Any], delay: float) -> None:
-        await asyncio.sleep(delay)
-        self.sending = True
-        with contextlib.suppress(ApiError):
-            await patch_status(rt, agent, start)
-
-    async def settle(self) -> None:
-        if self.sending:
-            with contextlib.suppress(Exception):
-                await self._task
-        else:
-            self._task.cancel()
-
-    def cancel(self) -> None:
-        if not self.sending:
-            self._task.cancel()
-
-
-def _agent_files(agent: Mapping[str, Any], spec: api.AgentSpec) -> dict[str, bytes]:
-    body = dict(agent)      # without managedFields (nothing is modified: only serialised)
+def agent_files(attempt: Attempt) -> dict[str, bytes]:
+    """agent.json (the final Agent object, without managedFields) and prompt.txt."""
+    agent = attempt.snapshot
+    body = dict(agent)      # nothing is modified: only serialised
     body["metadata"] = {k: v for k, v in (agent.get("metadata") or {}).items() if k != "managedFields"}
     files = {"agent.json": json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"}
-    if spec.prompt is not None:
-        files[PROMPT_KEY] = spec.prompt.encode()
+    prompt = (agent.get("spec") or {}).get("prompt")
+    if prompt is not None:
+        files[PROMPT_KEY] = str(prompt).encode()
     return files
-
-
-# ------------------------------------------------------------------ archive + stop, interleaved
-
-async def archive_and_stop_pods(rt: Runtime, directory: Any, pods: list[dict[str, Any]], grace: int,
-                                extra_files: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]) -> ArchiveResult:
-    """Archive logs of `pods` into `directory` while stopping them. Nothing is deleted if the
-    archive cannot be started (directory not writable, log stream refused).
-
-    File system work runs in threads, never on the event loop: a slow archive volume (a network
-    file system) must not stall every other agent's handling."""
-
-    def prepare() -> PendingArchive | None:
-        if Archive.is_complete(directory):
-            return None
-        # With no pod left there is nothing to stream: keep what an interrupted run had streamed.
-        return rt.archive.begin(directory, salvage=not pods)
-
-    pending = await asyncio.to_thread(prepare)
-    if pending is None:
-        await stop_pods(rt, pods, grace)
-        return await asyncio.to_thread(rt.archive.existing, directory)
-    if pending.salvaged:
-        log.warning("archive %s: pod gone, finishing the log files an interrupted run had streamed: %s",
-                    directory, ", ".join(pending.salvaged))
-    pumps: list[asyncio.Task[None]] = []
-    try:
-        for pod in pods:
-            pumps += await _open_log_pumps(rt, pending, pod)
-    except BaseException:
-        for task in pumps:
-            task.cancel()
-        pending.abort()
-        raise
-    try:
-        await stop_pods(rt, pods, grace)
-        if pumps:
-            done, still = await asyncio.wait(pumps, timeout=10.0)
-            for task in still:
-                task.cancel()
-            for task in done:
-                if task.exception() is not None:
-                    log.warning("log stream ended with an error: %s", task.exception())
-
-        def finish() -> ArchiveResult:
-            files = extra_files() if callable(extra_files) else extra_files   # (agent.json: made here)
-            for filename, data in files.items():
-                pending.write_file(filename, data)
-            return pending.commit()
-
-        return await asyncio.to_thread(finish)
-    except BaseException:
-        # The pod was asked to stop: what was streamed may exist nowhere else. Keep the partial
-        # archive for the next run to finish (Archive.begin(salvage=True)).
-        for task in pumps:
-            task.cancel()
-        pending.close()
-        raise
-
-
-async def _open_log_pumps(rt: Runtime, pending: PendingArchive, pod: Mapping[str, Any]) -> list[asyncio.Task[None]]:
-    meta = pod["metadata"]
-    spec = pod.get("spec") or {}
-    restarts = {cs.get("name"): int(cs.get("restartCount") or 0)
-                for cs in (pod.get("status") or {}).get("containerStatuses") or []}
-    containers = [c["name"] for c in spec.get("initContainers") or []] + [c["name"] for c in spec.get("containers") or []]
-    tasks: list[asyncio.Task[None]] = []
-    for container in containers:
-        for previous in ((True, False) if restarts.get(container) else (False,)):
-            filename = log_filename(container, previous)
-            try:
-                stream = await rt.client.stream_log(meta["namespace"], meta["name"], container,
-                                                    follow=not previous, previous=previous)
-            except ApiError as exc:
-                if exc.status in (404, 400) and previous:
-                    continue
-                if exc.not_found:
-                    return tasks   # the pod is already gone: there is nothing left to read
-                if exc.status == 400 and "waiting to start" in exc.message:
-                    continue       # the container never started (ContainerCreating, image pull): no log
-                raise ArchiveError("log_read", f"cannot read log of {meta['name']}/{container}: {exc}") from exc
-            try:
-                handle = await asyncio.to_thread(pending.open, filename)
-            except BaseException:
-                stream.close()
-                raise
-            tasks.append(asyncio.create_task(_pump(stream, handle)))
-    return tasks
-
-
-async def _pump(stream: LogStream, handle: Any) -> None:
-    async for chunk in stream.chunks():
-        handle.write(chunk)
-
-
-async def stop_pods(rt: Runtime, pods: list[dict[str, Any]], grace: int) -> None:
-    await asyncio.gather(*(stop_pod(rt, pod, grace) for pod in pods))
-
-
-async def stop_pod(rt: Runtime, pod: Mapping[str, Any], grace: int) -> None:
-    """Delete with the grace period; if still there after grace + 30 s, delete with grace 0.
-
-    A pod whose containers have all ended (phase Succeeded or Failed) has nothing left to stop: it is
-    deleted at once (grace 0), instead of going through a termination that has nothing to do."""
-    if (pod.get("status") or {}).get("phase") in POD_FINISHED:
-        grace = 0
-    pod_uid = _obj_uid(pod)
-    waiter = rt.pods.waiter(pod_uid)
-    try:
-        if await delete_child(rt, "pod", pod, grace=grace):
-            return
-        if await _wait_gone(rt, pod, waiter, grace + rt.force_delete_after):
-            return
-        log.warning("pod %s still present %ss after its grace period: force-deleting", _obj_name(pod),
-                    rt.force_delete_after)
-        await delete_child(rt, "pod", pod, grace=0)
-        await _wait_gone(rt, pod, waiter, rt.force_delete_after)
-    finally:
-        rt.pods.forget(pod_uid)
-
-
-async def _wait_gone(rt: Runtime, pod: Mapping[str, Any], waiter: asyncio.Event, timeout: float) -> bool:
-    """True once the pod (this UID) no longer exists. Woken by the pod watch; polls as a fallback."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(waiter.wait(), timeout=min(remaining, rt.pod_poll_interval))
-        if waiter.is_set():
-            return True
-        if await rt.client.get_same(PODS, pod) is None:
-            return True

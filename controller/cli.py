@@ -71,8 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--sweep-interval", type=positive_float, default=60.0, help="seconds between sweeps (%(default)s)")
     run_p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     run_p.add_argument("--context", default=None)
-    run_p.add_argument("--peering", default=None, metavar="NAME",
-                       help="kopf peering name for standby replicas (default: standalone)")
+    run_p.add_argument("--pod-security", choices=["restricted", "baseline", "privileged"], default="restricted",
+                       help="the Pod Security Standard level agent pods are built for; podTemplate fields above it "
+                            "end the agent Failed/InvalidSpec (%(default)s)")
+    run_p.add_argument("--leader-election", action="store_true",
+                       help="run as one of several replicas: act only while holding a coordination.k8s.io Lease")
+    run_p.add_argument("--leader-election-namespace", default=None, metavar="NS",
+                       help="namespace of the Lease (default: $POD_NAMESPACE, else the service account's)")
+    run_p.add_argument("--leader-election-id", default="agent-controller", metavar="NAME",
+                       help="name of the Lease (%(default)s)")
 
     from .demo import add_demo_parser
 
@@ -119,12 +126,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = Options(namespaces=args.namespace, archive_dir=args.archive_dir, metrics_port=args.metrics_port,
                       health_port=args.health_port, sweep_interval=args.sweep_interval,
-                      kubeconfig=args.kubeconfig, context=args.context, peering=args.peering)
+                      kubeconfig=args.kubeconfig, context=args.context, pod_security=args.pod_security,
+                      leader_election=args.leader_election,
+                      leader_election_namespace=args.leader_election_namespace,
+                      leader_election_id=args.leader_election_id)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_run_until_signal(options))
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as exc:
+        from .operator import LeaseLost
+
+        if not isinstance(exc, LeaseLost):
+            raise
+        print(f"agent-controller: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"agent-controller: {exc}", file=sys.stderr)
         return 1

@@ -1,69 +1,130 @@
-"""THE decision. One pure function looks at an Agent, at what exists of its pod, and at the clock,
-and says what happens next: the phase to record, whether to create children, whether to clean up,
-whether to delete the Agent (TTL), and when to look again.
+"""THE decision. One pure function looks at an Agent, at what the controller observed of its world
+(its pod, a refused pod creation, leftovers the sweep found) and at the clock, and says what happens
+next: the status to record, whether to create the children, whether to clean up, whether to delete
+the Agent (TTL), and when to look again.
 
-Handlers, the pod watcher, timers and the sweep only gather these inputs and execute the result.
+Everything else gathers these inputs (`sync.observe`) or carries the result out (`sync.act`).
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import api, children
-from .names import AGENT_UID_LABEL, label_value
+from .names import AGENT_UID_LABEL, POD_CONTAINER, label_value
+
+# Waiting reasons of a container that will not start by itself (shown in the status while the
+# agent is Pending, and the reason of a StartTimeout).
+CONTAINER_WAITING_ERRORS = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError", "RunContainerError", "CrashLoopBackOff", "PreCreateHookError", "PreStartHookError",
+})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodState:
-    """What the controller sees of an agent's pod."""
+    """What the controller sees of an agent's pod (pure data, from a pod body)."""
 
     uid: str
+    name: str = ""
     phase: str | None = None          # Pending, Running, Succeeded, Failed, Unknown
     reason: str | None = None         # e.g. Evicted
     message: str | None = None
     deleting: bool = False
-    exit_code: int | None = None
     owner_uid: str | None = None      # the agent-uid label
+    node: str = ""
+    agent_exit_code: int | None = None   # the agent container's exit code, once it terminated
+    agent_running: bool = False          # the agent container is running
+    waiting_reason: str | None = None    # why a container does not start (ImagePullBackOff, Unschedulable, ...)
+    waiting_message: str | None = None
 
     @classmethod
     def from_body(cls, pod: Mapping[str, Any]) -> PodState:
         meta = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
         status = pod.get("status") or {}
-        exit_code = None
-        for cs in status.get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated")
-            if term is not None and (exit_code is None or term.get("exitCode", 0) != 0):
-                exit_code = term.get("exitCode")
+        agent_exit: int | None = None
+        agent_running = False
+        waiting: tuple[str | None, str | None] = (None, None)
+        statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+        for cs in statuses:
+            state = cs.get("state") or {}
+            if cs.get("name") == POD_CONTAINER:
+                if "terminated" in state:
+                    agent_exit = int((state["terminated"] or {}).get("exitCode") or 0)
+                agent_running = "running" in state
+            wait = state.get("waiting")
+            if wait and wait.get("reason") and wait.get("reason") != "ContainerCreating" and waiting[0] is None:
+                waiting = (str(wait.get("reason")), str(wait.get("message") or "") or None)
+        if waiting[0] is None:
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    waiting = (str(cond.get("reason") or api.REASON_UNSCHEDULABLE), cond.get("message"))
         return cls(
-            uid=meta.get("uid", ""),
+            uid=str(meta.get("uid", "")),
+            name=str(meta.get("name", "")),
             phase=status.get("phase"),
             reason=status.get("reason"),
             message=status.get("message"),
             deleting=meta.get("deletionTimestamp") is not None,
-            exit_code=exit_code,
             owner_uid=(meta.get("labels") or {}).get(AGENT_UID_LABEL),
+            node=str(spec.get("nodeName") or ""),
+            agent_exit_code=agent_exit,
+            agent_running=agent_running,
+            waiting_reason=waiting[0],
+            waiting_message=waiting[1],
         )
 
 
 @dataclass(frozen=True)
-class PhaseChange:
+class CreateRefusal:
+    """The API refused to create the agent's pod (or a child it needs)."""
+
+    status: int        # 403, 422, 400, ... (409: the name is held by an object of another owner)
+    message: str
+    quota: bool = False         # a ResourceQuota refusal: not final, retried until the start deadline
+    name_taken: bool = False    # 409: an object of another owner holds the name
+
+    @classmethod
+    def of(cls, status: int, message: str, name_taken: bool = False) -> CreateRefusal:
+        return cls(status, message, quota=status == 403 and "exceeded quota" in message, name_taken=name_taken)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What `sync` saw of the Agent's world, besides the Agent itself."""
+
+    pod: PodState | None = None              # the pod of the agent's pod name, if one exists
+    refusal: CreateRefusal | None = None     # the last refused creation of a child, if any
+    leftovers: bool = False                  # the sweep found children of this terminal Agent
+    pod_security: str = "restricted"         # the controller's --pod-security level
+    retry_in: float = 0.0                    # seconds until a failed attempt may be tried again
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """The status fields to record (merge-patched; the controller-owned ones derived by `sync.act`)."""
+
     phase: str
     reason: str
     message: str
-    start_time: bool = False   # stamp status.startTime
+    start_time: bool = False      # stamp status.startTime (the agent is up)
+    pod_created: bool = False     # status.podName: the children exist now
 
 
 @dataclass(frozen=True)
 class Decision:
-    phase: PhaseChange | None = None
+    status: StatusChange | None = None
     create_children: bool = False
+    on_created: StatusChange | None = None     # the status to record once the children were created
     cleanup: bool = False
+    cleanup_trigger: str | None = None
     delete_agent: bool = False
-    requeue_after: float | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    requeue_after: float | None = None     # look again then (the earliest clock-driven trigger)
+    backoff: bool = False                  # a retried attempt: if it fails again, back off longer
 
 
 def _age(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:
@@ -71,13 +132,13 @@ def _age(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:
     return None if created is None else (now - created).total_seconds()
 
 
-def decide(
-    agent: Mapping[str, Any],
-    pod: PodState | None,
-    now: datetime.datetime,
-    pod_create_error: str | None = None,
-) -> Decision:
-    """Next step for one Agent. `pod` is None when no pod of that name exists."""
+def _earliest(*delays: float | None) -> float | None:
+    due = [d for d in delays if d is not None]
+    return max(0.0, min(due)) if due else None
+
+
+def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> Decision:
+    """Next step for one Agent."""
     meta = agent.get("metadata") or {}
     status = agent.get("status") or {}
     spec = api.AgentSpec.from_dict(agent.get("spec") or {})
@@ -85,103 +146,126 @@ def decide(
     deleting = meta.get("deletionTimestamp") is not None
 
     if api.is_terminal(phase):
-        return _decide_terminal(agent, spec, now, deleting)
+        return _decide_terminal(agent, spec, seen, now, deleting)
 
     # ---- not terminal: the first trigger that applies wins.
     if deleting:
-        return Decision(phase=PhaseChange(api.TERMINATED, api.REASON_DELETED, "The Agent was deleted."))
+        return Decision(status=StatusChange(api.TERMINATED, api.REASON_DELETED, "The Agent was deleted."))
     if spec.terminate:
-        return Decision(phase=PhaseChange(api.TERMINATED, api.REASON_KILLED, "spec.terminate was set."))
+        return Decision(status=StatusChange(api.TERMINATED, api.REASON_KILLED, "spec.terminate was set."))
 
-    requeue = None
-    if spec.active_deadline_seconds is not None:
-        age = _age(agent, now)
-        if age is not None:
-            remaining = spec.active_deadline_seconds - age
-            if remaining <= 0:
-                return Decision(phase=PhaseChange(
-                    api.FAILED, api.REASON_DEADLINE,
-                    f"The agent ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}."))
-            requeue = remaining
+    age = _age(agent, now)
+    deadline_in = None
+    if spec.active_deadline_seconds is not None and age is not None:
+        deadline_in = spec.active_deadline_seconds - age
+        if deadline_in <= 0:
+            return Decision(status=StatusChange(
+                api.FAILED, api.REASON_DEADLINE,
+                f"The agent ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}."))
 
-    if pod_create_error is not None:
-        return Decision(phase=PhaseChange(api.FAILED, api.REASON_INVALID_SPEC, pod_create_error))
-
+    pod = seen.pod
     uid_label = label_value(meta.get("uid", ""))
-    pod_was_created = bool(status.get("podName"))
+    if pod is not None and pod.owner_uid != uid_label:
+        if status.get("podName"):
+            return Decision(status=StatusChange(api.ERROR, api.REASON_POD_LOST,
+                                                "The agent's pod was replaced by a pod of another owner."))
+        pod = None   # the name is held by another pod: like a refused creation (below)
+
+    started = bool(status.get("startTime")) or phase in api.ACTIVE_PHASES or (pod is not None and pod.agent_running)
+    start_in = None
+    if not started and age is not None:
+        start_in = spec.start_deadline_seconds - age
+        if start_in <= 0:
+            why = _waiting(pod, seen.refusal, status)
+            return Decision(status=StatusChange(
+                api.FAILED, api.REASON_START_TIMEOUT,
+                f"The agent's pod was not running {spec.start_deadline_seconds}s after the Agent was created"
+                + (f" (last: {why[0]}: {why[1]})" if why[0] else "") + "."))
+    clock = _earliest(deadline_in, start_in)
+
     if pod is None:
-        if pod_was_created:
-            return Decision(phase=PhaseChange(api.ERROR, api.REASON_POD_LOST,
-                                              "The agent's pod disappeared while the agent was running."))
+        if status.get("podName"):
+            return Decision(status=StatusChange(api.ERROR, api.REASON_POD_LOST,
+                                                "The agent's pod disappeared while the agent was running."))
         try:
-            children.pod(agent)
+            children.pod(agent, pod_security=seen.pod_security)
         except children.InvalidSpec as exc:
-            return Decision(phase=PhaseChange(api.FAILED, api.REASON_INVALID_SPEC, str(exc)))
-        change = None if phase else PhaseChange(api.PENDING, api.REASON_CREATED, "Creating the agent's pod.")
-        return Decision(phase=change, create_children=True, requeue_after=requeue)
+            return Decision(status=StatusChange(api.FAILED, api.REASON_INVALID_SPEC, str(exc)))
+        refusal = seen.refusal
+        if refusal is not None and not refusal.quota and not refusal.name_taken and refusal.status in (400, 403, 422):
+            return Decision(status=StatusChange(api.FAILED, api.REASON_POD_REJECTED,
+                                                f"The API refused the agent's pod: {refusal.message}"))
+        if refusal is not None and (refusal.quota or refusal.name_taken):
+            reason = api.REASON_QUOTA_EXCEEDED if refusal.quota else api.REASON_POD_NAME_TAKEN
+            note = _note(status, reason, refusal.message)
+            if seen.retry_in > 0:
+                return Decision(status=note, requeue_after=_earliest(seen.retry_in, clock))
+            return Decision(status=note, create_children=True, on_created=_created(phase), backoff=True,
+                            requeue_after=clock)
+        return Decision(create_children=True, on_created=_created(phase), requeue_after=clock)
 
-    if pod.owner_uid is not None and pod.owner_uid != uid_label:
-        # A pod of the same name that belongs to an earlier Agent is still going away.
-        if pod_was_created:
-            return Decision(phase=PhaseChange(api.ERROR, api.REASON_POD_LOST,
-                                              "The agent's pod was replaced by a pod of another owner."))
-        return Decision(requeue_after=1.0, notes=("pod name held by another owner",))
-
+    # The agent's pod exists.
     if pod.reason == "Evicted":
-        return Decision(phase=PhaseChange(api.ERROR, api.REASON_POD_LOST,
-                                          f"The agent's pod was evicted: {pod.message or ''}".strip()))
+        return Decision(status=StatusChange(api.ERROR, api.REASON_POD_LOST,
+                                            f"The agent's pod was evicted: {pod.message or ''}".strip()))
     if pod.deleting:
-        return Decision(phase=PhaseChange(api.ERROR, api.REASON_POD_LOST,
-                                          "The agent's pod was deleted while the agent was running."))
-    if pod.phase == "Succeeded":
-        return Decision(phase=PhaseChange(api.COMPLETED, api.REASON_POD_SUCCEEDED,
-                                          "The agent's process exited with code 0."))
-    if pod.phase == "Failed":
-        code = "unknown" if pod.exit_code is None else str(pod.exit_code)
-        return Decision(phase=PhaseChange(api.FAILED, api.REASON_POD_FAILED,
-                                          f"The agent's process exited with code {code}."))
-    if pod.phase == "Running" and phase in (None, api.PENDING):
-        return Decision(phase=PhaseChange(api.RUNNING, api.REASON_POD_RUNNING, "The agent's pod is running.",
-                                          start_time=True), requeue_after=requeue)
-    if not phase:   # the pod exists but the status was never written (a crash in between): finish the job
-        return Decision(phase=PhaseChange(api.PENDING, api.REASON_CREATED, "Creating the agent's pod."),
-                        create_children=True, requeue_after=requeue)
-    return Decision(requeue_after=requeue)
+        return Decision(status=StatusChange(api.ERROR, api.REASON_POD_LOST,
+                                            "The agent's pod was deleted while the agent was running."))
+    # The agent container's end is the agent's end (sidecars are stopped by the teardown).
+    exit_code = pod.agent_exit_code
+    if exit_code is None and pod.phase in ("Succeeded", "Failed"):
+        exit_code = 0 if pod.phase == "Succeeded" else -1
+    if exit_code == 0:
+        return Decision(status=StatusChange(api.COMPLETED, api.REASON_POD_SUCCEEDED,
+                                            "The agent's process exited with code 0."))
+    if exit_code is not None:
+        code = "unknown" if exit_code < 0 else str(exit_code)
+        return Decision(status=StatusChange(api.FAILED, api.REASON_POD_FAILED,
+                                            f"The agent's process exited with code {code}."))
+    if not status.get("podName") or not phase:
+        # The pod exists but the status was never written (a crash in between): finish the creation.
+        return Decision(create_children=True, on_created=_created(phase), requeue_after=clock)
+    if pod.agent_running or pod.phase == "Running":
+        if phase == api.PENDING:
+            return Decision(status=StatusChange(api.RUNNING, api.REASON_POD_RUNNING, "The agent's pod is running.",
+                                                start_time=True), requeue_after=deadline_in)
+        if not status.get("startTime"):
+            # The agent reported before the controller saw its pod running: stamp the start all the same.
+            return Decision(status=StatusChange(phase, str(status.get("reason") or ""),
+                                                str(status.get("message") or ""), start_time=True),
+                            requeue_after=deadline_in)
+        return Decision(requeue_after=deadline_in)
+    if phase == api.PENDING and pod.waiting_reason:
+        reason = pod.waiting_reason
+        return Decision(status=_note(status, reason, pod.waiting_message or reason), requeue_after=clock)
+    return Decision(requeue_after=clock)
 
 
-def needs_pod(agent: Mapping[str, Any]) -> bool:
-    """Does the next step depend on the agent's pod? Not once the phase is terminal: it is final, and
-    the cleanup finds the pods itself (so the caller need not read the pod)."""
-    return not api.is_terminal((agent.get("status") or {}).get("phase"))
+def _created(phase: str | None) -> StatusChange:
+    """The status to record once the children are created (podName with it)."""
+    return StatusChange(phase or api.PENDING, api.REASON_CREATED, "The agent's pod was created.", pod_created=True)
 
 
-def next_wakeup(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:
-    """Seconds until a clock-driven trigger is due for this Agent (0 = now), or None if none is
-    pending: the deadline of a running agent, cleanup.delaySeconds, ttlSecondsAfterFinished."""
-    meta = agent.get("metadata") or {}
-    status = agent.get("status") or {}
-    spec = api.AgentSpec.from_dict(agent.get("spec") or {})
-    phase = status.get("phase")
-    if meta.get("deletionTimestamp") is not None:
+def _note(status: Mapping[str, Any], reason: str, message: str) -> StatusChange | None:
+    """Pending, with why: only if that is news (the same note is not written again)."""
+    if status.get("phase") == api.PENDING and status.get("reason") == reason and status.get("message") == message:
         return None
-    if not api.is_terminal(phase):
-        if spec.active_deadline_seconds is None or spec.terminate:
-            return None
-        age = _age(agent, now)
-        return None if age is None else max(0.0, spec.active_deadline_seconds - age)
-    cleanup = status.get("cleanup") or {}
-    if cleanup.get("state") != api.CLEANUP_SUCCEEDED:
-        finished = api.parse_time(status.get("completionTime"))
-        if spec.cleanup.delay_seconds <= 0 or finished is None or status.get("reason") == api.REASON_DELETED:
-            return None
-        return max(0.0, spec.cleanup.delay_seconds - (now - finished).total_seconds())
-    done = api.parse_time(cleanup.get("completionTime"))
-    if spec.ttl_seconds_after_finished is None or done is None:
-        return None
-    return max(0.0, spec.ttl_seconds_after_finished - (now - done).total_seconds())
+    return StatusChange(api.PENDING, reason, message)
 
 
-def _decide_terminal(agent: Mapping[str, Any], spec: api.AgentSpec, now: datetime.datetime,
+def _waiting(pod: PodState | None, refusal: CreateRefusal | None, status: Mapping[str, Any]) -> tuple[str, str]:
+    if pod is not None and pod.waiting_reason:
+        return pod.waiting_reason, pod.waiting_message or ""
+    if refusal is not None:
+        return (api.REASON_QUOTA_EXCEEDED if refusal.quota else
+                api.REASON_POD_NAME_TAKEN if refusal.name_taken else api.REASON_POD_REJECTED), refusal.message
+    reason = status.get("reason")
+    if reason and reason != api.REASON_CREATED:
+        return str(reason), str(status.get("message") or "")
+    return "", ""
+
+
+def _decide_terminal(agent: Mapping[str, Any], spec: api.AgentSpec, seen: Observed, now: datetime.datetime,
                      deleting: bool) -> Decision:
     status = agent.get("status") or {}
     cleanup = status.get("cleanup") or {}
@@ -192,13 +276,18 @@ def _decide_terminal(agent: Mapping[str, Any], spec: api.AgentSpec, now: datetim
             if finished is not None:
                 remaining = spec.cleanup.delay_seconds - (now - finished).total_seconds()
                 if remaining > 0:
-                    return Decision(requeue_after=remaining, notes=("cleanup.delaySeconds",))
-        return Decision(cleanup=True)
+                    return Decision(requeue_after=remaining)
+        if seen.retry_in > 0:
+            return Decision(requeue_after=seen.retry_in)      # the last attempt failed: not yet
+        return Decision(cleanup=True, cleanup_trigger=trigger)
+    if seen.leftovers:
+        # Cleaned up, and yet the sweep found children (re-created by hand, a missed delete): again.
+        return Decision(cleanup=True, cleanup_trigger=api.TRIGGER_SWEEP)
     if spec.ttl_seconds_after_finished is not None and not deleting:
         done = api.parse_time(cleanup.get("completionTime"))
         if done is not None:
             remaining = spec.ttl_seconds_after_finished - (now - done).total_seconds()
             if remaining <= 0:
                 return Decision(delete_agent=True)
-            return Decision(requeue_after=remaining, notes=("ttlSecondsAfterFinished",))
+            return Decision(requeue_after=remaining)
     return Decision()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -9,27 +10,39 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import api
+from .kinds import LABELS as KINDS
 
-KINDS = ("pod", "configmap", "serviceaccount", "role", "rolebinding")
 LEAK_REASONS = ("orphaned", "terminal", "archive_failed")
 RESULTS = ("success", "failure")
 ARCHIVE_ERROR_REASONS = ("not_writable", "log_read", "write", "invalid_name")
+INCOMPLETE_LOG_REASONS = ("rotated", "stream_broken", "kubelet_unreachable", "container_gone", "pod_gone")
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class _PhaseCollector(Collector):
-    def __init__(self, source: Callable[[], Mapping[str, int]]):
-        self.source = source
+class _StateCollector(Collector):
+    """Gauges computed when scraped, from what the controller holds: Agents by phase (from the watch),
+    and the cleanups that keep failing."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily("agent_controller_agents", "Agents by phase, as the API reports them.",
                                    labels=["phase"])
-        counts = self.source()
+        counts = self.metrics._phase_source()
         for phase in api.PHASES:
             family.add_metric([phase], counts.get(phase, 0))
         yield family
+        retrying = list(self.metrics._retrying_source())
+        yield GaugeMetricFamily("agent_controller_cleanups_retrying",
+                                "Agents whose cleanup failed at least once and has not succeeded yet.",
+                                value=len(retrying))
+        now = time.time()
+        yield GaugeMetricFamily("agent_controller_cleanup_retrying_longest_seconds",
+                                "How long the longest-failing cleanup has been failing (0: none).",
+                                value=max((now - since for since in retrying), default=0.0))
 
 
 class Metrics:
@@ -57,8 +70,11 @@ class Metrics:
                                         buckets=SWEEP_BUCKETS, registry=r)
         self.last_sweep_success = Gauge("agent_controller_last_sweep_success_timestamp_seconds",
                                         "Unix time of the latest successful sweep.", registry=r)
+        self.incomplete_logs = Counter("agent_controller_incomplete_logs",
+                                       "Archived logs known to miss bytes, by why.", ["reason"], registry=r)
         self._phase_source: Callable[[], Mapping[str, int]] = dict
-        r.register(_PhaseCollector(lambda: self._phase_source()))
+        self._retrying_source: Callable[[], Iterable[float]] = tuple
+        r.register(_StateCollector(self))
         # Every series exists from the start, so dashboards and alerts see zeros, not gaps.
         for phase in api.PHASES:
             self.phase_transitions.labels(to=phase)
@@ -68,6 +84,8 @@ class Metrics:
                 self.cleanups.labels(trigger=trigger, result=result)
         for reason in ARCHIVE_ERROR_REASONS:
             self.archive_errors.labels(reason=reason)
+        for reason in INCOMPLETE_LOG_REASONS:
+            self.incomplete_logs.labels(reason=reason)
         for kind in KINDS:
             self.leaks_reaped.labels(kind=kind)
             for reason in LEAK_REASONS:
@@ -76,6 +94,10 @@ class Metrics:
 
     def set_phase_source(self, source: Callable[[], Mapping[str, int]]) -> None:
         self._phase_source = source
+
+    def set_retrying_source(self, source: Callable[[], Iterable[float]]) -> None:
+        """Unix times since when each failing cleanup has been failing."""
+        self._retrying_source = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

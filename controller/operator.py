@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
 import kopf
 
 from . import DEFAULT_ARCHIVE_DIR, GROUP, PLURAL, VERSION
 from .archive import Archive
 from .health import HealthServer
+from . import notice
+from .kopfconfig import configure
 from .kube.client import ApiError, ClientConfig, KubeClient
+from .leader import LeaderElector
 from .metrics import Metrics
-from .peering import Peering
+from .podwatch import PodWatcher
 from .runtime import Runtime, utcnow
 from .sweep import Sweeper
 
@@ -32,9 +38,16 @@ class Options:
     health_port: int = 8081
     sweep_interval: float = 60.0
     sweep_timeout: float | None = None       # default: 30 s
+    orphan_min_age: float | None = None      # default: one sweep interval
     kubeconfig: str | None = None
     context: str | None = None
-    peering: str | None = None               # kopf peering name; None = standalone
+    pod_security: str = "restricted"         # restricted | baseline | privileged
+    leader_election: bool = False
+    leader_election_namespace: str | None = None   # default: the controller's own namespace
+    leader_election_id: str = "agent-controller"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
     listen_host: str = "0.0.0.0"
     force_delete_after: float = 30.0
     clock: Callable[[], Any] = utcnow
@@ -48,19 +61,55 @@ def build_runtime(options: Options, config: ClientConfig | None = None) -> Runti
         metrics=Metrics(),
         clock=options.clock,
         force_delete_after=options.force_delete_after,
+        pod_security=options.pod_security,
         namespaces=tuple(options.namespaces),
     )
 
 
-def _login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+def build_elector(options: Options, rt: Runtime) -> LeaderElector | None:
+    if not options.leader_election:
+        return None
+    namespace = options.leader_election_namespace or own_namespace(rt.client.config.default_namespace)
+    return LeaderElector(rt.client, namespace, options.leader_election_id, lease_duration=options.lease_duration,
+                         renew_deadline=options.renew_deadline, retry_period=options.retry_period)
+
+
+def own_namespace(default: str) -> str:
+    """The namespace the controller runs in: POD_NAMESPACE (the chart sets it), else the service
+    account's namespace file, else the kubeconfig's."""
+    import os
+
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    return default
+
+
+async def _login(memo: Any, **_: Any) -> kopf.ConnectionInfo | kopf.AiohttpSession:
     """kopf's credentials are this operator's own client configuration (from its memo), so several
     controllers in one process (tests, bench) each talk to their own API server as their own user.
-    kopf calls this again after a 401: a rotated service-account token is picked up."""
+    kopf calls this again after a 401 and when the credentials expire: they are loaded again then
+    (a rotated service-account token, an exec plugin's or OIDC token)."""
     cfg = memo.runtime.client.config
+    logins = getattr(memo, "logins", 0)
+    memo.logins = logins + 1
+    if logins or cfg.expiring(time.time()):
+        await cfg.refresh()
+    if cfg.expires_at is not None:
+        expiration = datetime.datetime.fromtimestamp(cfg.expires_at - 30, datetime.UTC)
+    elif cfg.token_file:
+        expiration = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=10)
+    else:
+        expiration = None
+    if cfg.tls_server_name:
+        # kopf has no setting for the name to check the server's certificate for: give it a session.
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=cfg.ssl_context()),
+                                        headers=cfg.auth_headers(), proxy=cfg.proxy_url)
+        return kopf.AiohttpSession(aiohttp_session=session, server=cfg.server,
+                                   default_namespace=cfg.default_namespace, expiration=expiration)
     return kopf.ConnectionInfo(
         server=cfg.server, token=cfg.current_token(), ca_path=cfg.ca_file, insecure=not cfg.verify_ssl,
-        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
-        default_namespace=cfg.default_namespace, expiration=None)
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file, proxy_url=cfg.proxy_url,
+        default_namespace=cfg.default_namespace, expiration=expiration)
 
 
 _login_registered: set[int] = set()
@@ -73,12 +122,10 @@ def _register_login(registry: kopf.OperatorRegistry) -> None:
         kopf.on.login(registry=registry)(_login)
 
 
-def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]:
-    peering = None
-    if options.peering:
-        peering = Peering(options.peering, options.namespaces[0] if options.namespaces else None)
-    rt.peering = peering
-    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout, peering=peering)
+def build_servers(options: Options, rt: Runtime, elector: LeaderElector | None = None) -> tuple[Sweeper, HealthServer]:
+    sweeper = Sweeper(rt, interval=options.sweep_interval, timeout=options.sweep_timeout,
+                      acting=(elector.valid if elector is not None else lambda: True),
+                      orphan_min_age=options.orphan_min_age)
     health = HealthServer(rt, sweeper, host=options.listen_host, metrics_port=options.metrics_port,
                           health_port=options.health_port)
     return sweeper, health
@@ -86,6 +133,10 @@ def build_servers(options: Options, rt: Runtime) -> tuple[Sweeper, HealthServer]
 
 class CrdMissing(OSError):
     """The API server does not serve Agents: the CRD is not installed."""
+
+
+class LeaseLost(RuntimeError):
+    """This replica lost its leader-election Lease: it stopped acting (the process should exit)."""
 
 
 async def require_crd(client: KubeClient) -> None:
@@ -102,51 +153,88 @@ async def require_crd(client: KubeClient) -> None:
                          "(kubectl apply -f manifests/crd.yaml, or the Helm chart)")
 
 
+POD_CACHE_SYNC_TIMEOUT = 60.0
+
+
 async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Sweeper | None = None,
-              health: HealthServer | None = None, stop_flag: Any = None, ready_flag: Any = None) -> None:
-    """Run the controller until `stop_flag` is set (or forever)."""
+              health: HealthServer | None = None, elector: LeaderElector | None = None,
+              stop_flag: Any = None, ready_flag: Any = None) -> None:
+    """Run the controller until `stop_flag` is set (or forever). With leader election, wait for the
+    Lease first (serving /healthz and /metrics meanwhile) and raise LeaseLost if it is lost."""
     from . import handlers
 
     rt = runtime or build_runtime(options)
+    elector = elector if elector is not None else build_elector(options, rt)
     try:
         await require_crd(rt.client)
     except BaseException:
         await rt.client.close()
         raise
     if sweeper is None or health is None:
-        sweeper, health = build_servers(options, rt)
+        sweeper, health = build_servers(options, rt, elector)
+    if elector is not None:
+        rt.fence = elector.valid
+    watcher = PodWatcher(rt.client, rt.pods, rt.namespaces)
+    rt.pods.on_change = lambda old, new: notice.pod_changed(rt, old, new)
+    await health.start()
+    lost = asyncio.Event()
+    try:
+        if elector is not None:
+            await elector.acquire()
 
-    async def on_startup(_: Runtime) -> None:
-        await health.start()
-        sweeper.start()
-        rt.spawn("memory", rt.release_memory_periodically())
+            async def hold() -> None:
+                await elector.hold()
+                lost.set()
+                if stop_flag is not None:
+                    stop_flag.set()
+            rt.spawn("leader-election", hold())
 
-    async def on_shutdown(_: Runtime) -> None:
-        await rt.cancel_tasks()     # background cleanups: idempotent, the next start resumes them
-        await sweeper.stop()
+        async def on_startup(_: Runtime) -> None:
+            watcher.start()
+            try:
+                await asyncio.wait_for(rt.pods.synced.wait(), POD_CACHE_SYNC_TIMEOUT)
+            except TimeoutError:
+                log.warning("the pod watch has not listed the managed pods yet: starting without it")
+            rt.queue.start()
+            sweeper.start()
+            rt.spawn("memory", rt.release_memory_periodically())
+
+        async def on_shutdown(_: Runtime) -> None:
+            await rt.queue.stop()       # in-flight syncs: idempotent, the next start resumes them
+            await sweeper.stop()
+            await watcher.stop()
+            await rt.cancel_tasks()
+            await health.stop()
+
+        memo = kopf.Memo(runtime=rt, on_startup=on_startup, on_shutdown=on_shutdown, sweeper=sweeper, health=health)
+        _register_login(handlers.registry)
+        settings = kopf.OperatorSettings()
+        configure(settings)
+        stop = stop_flag
+        if elector is not None and stop is None:
+            stop = asyncio.Event()
+            lost_watch = asyncio.ensure_future(lost.wait())
+            lost_watch.add_done_callback(lambda _: stop.set())
+        await kopf.operator(
+            registry=handlers.registry,
+            settings=settings,
+            memo=memo,
+            clusterwide=not options.namespaces,
+            namespaces=options.namespaces,
+            standalone=True,
+            stop_flag=stop,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await rt.queue.stop()
+        await rt.cancel_tasks()
+        if elector is not None and not lost.is_set():
+            await elector.release()
         await health.stop()
         await rt.client.close()
-
-    memo = kopf.Memo(runtime=rt, on_startup=on_startup, on_shutdown=on_shutdown, sweeper=sweeper, health=health)
-
-    _register_login(handlers.registry)
-    settings = kopf.OperatorSettings()
-    handlers.configure(settings)
-    await kopf.operator(
-        registry=handlers.registry,
-        settings=settings,
-        memo=memo,
-        clusterwide=not options.namespaces,
-        namespaces=options.namespaces,
-        standalone=options.peering is None,
-        peering_name=options.peering,
-        # Peers of equal priority all pause: each replica has its own random priority, and the
-        # sweep uses the same identity and priority to know whether it is the active replica.
-        identity=cast(Any, sweeper.peering.identity) if sweeper.peering else None,
-        priority=sweeper.peering.priority if sweeper.peering else 0,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+    if lost.is_set():
+        raise LeaseLost(f"lost the leader-election lease {elector.namespace}/{elector.name}"  # type: ignore[union-attr]
+                        " and stopped; exiting so that a new process stands by")
 
 
 class BackgroundController:
@@ -155,7 +243,8 @@ class BackgroundController:
     def __init__(self, options: Options, config: ClientConfig | None = None):
         self.options = options
         self.runtime = build_runtime(options, config)
-        self.sweeper, self.health = build_servers(options, self.runtime)
+        self.elector = build_elector(options, self.runtime)
+        self.sweeper, self.health = build_servers(options, self.runtime, self.elector)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -195,7 +284,7 @@ class BackgroundController:
         marker = asyncio.create_task(mark_ready())
         try:
             await run(self.options, runtime=self.runtime, sweeper=self.sweeper, health=self.health,
-                      stop_flag=self._stop, ready_flag=ready)
+                      elector=self.elector, stop_flag=self._stop, ready_flag=ready)
         finally:
             marker.cancel()
 
@@ -216,9 +305,15 @@ class BackgroundController:
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.health.health_port}/healthz"
 
-    def sweep(self, timeout: float = 120.0) -> Any:
-        """Run one sweep now, on the controller's loop; returns its report (None if it failed)."""
-        return self.call(self.sweeper.run_once, timeout)
+    def sweep(self, timeout: float = 120.0, wait_reaps: bool = True) -> Any:
+        """Run one sweep now, on the controller's loop; returns its report (None if it failed). With
+        `wait_reaps`, once the reaps it started have finished too (their counts are in the report)."""
+        async def once() -> Any:
+            report = await self.sweeper.run_once()
+            if wait_reaps:
+                await self.sweeper.reaps_settled()
+            return report
+        return self.call(once, timeout)
 
     def call(self, coro_factory: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run a coroutine on the controller's loop (e.g. a sweep) and wait for its result."""

@@ -55,7 +55,8 @@ def controller_options(ns: str, archive_dir: Path, **overrides: Any) -> Any:
     from controller.operator import Options
 
     defaults: dict[str, Any] = dict(namespaces=[ns], archive_dir=str(archive_dir), metrics_port=0, health_port=0,
-                                    sweep_interval=3600.0, listen_host="127.0.0.1", force_delete_after=2.0)
+                                    sweep_interval=3600.0, listen_host="127.0.0.1", force_delete_after=2.0,
+                                    orphan_min_age=0.0)
     defaults.update(overrides)
     return Options(**defaults)
 

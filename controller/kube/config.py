@@ -43,13 +43,16 @@ class TokenFile:
 
     def current(self) -> str:
         if time.monotonic() - self._read_at >= TOKEN_REREAD_SECONDS:
-            self._read_at = time.monotonic()
-            try:
-                with open(self.path) as fh:
-                    self._token = fh.read().strip() or self._token
-            except OSError:
-                pass        # keep the last token; the API server's 401 will say if it is stale
+            self.reread()
         return self._token
+
+    def reread(self) -> None:
+        self._read_at = time.monotonic()
+        try:
+            with open(self.path) as fh:
+                self._token = fh.read().strip() or self._token
+        except OSError:
+            pass        # keep the last token; the API server's 401 will say if it is stale
 
 
 def in_cluster(sa_dir: str = SA_DIR, environ: Any = os.environ) -> dict[str, Any]:
@@ -80,7 +83,9 @@ def in_cluster(sa_dir: str = SA_DIR, environ: Any = os.environ) -> dict[str, Any
 
 def from_kubeconfig(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
     """The official loader's answer, from a child process. Certificate data comes back as PEM text and
-    is written to a private directory (mode 0700) that is removed when this process exits."""
+    is written to a fresh private directory (mode 0700) that is removed when this process exits.
+    `expires_at` (Unix time) is when the credentials expire, if the kubeconfig's exec plugin or auth
+    provider says so."""
     cmd = [sys.executable, "-m", "controller.kube.config"]
     if kubeconfig:
         cmd += ["--kubeconfig", kubeconfig]
@@ -109,22 +114,25 @@ def from_kubeconfig(kubeconfig: str | None, context: str | None) -> dict[str, An
 
 
 def _official(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
-    """In the child process: the official loader, its result as JSON-able data."""
+    """In the child process: the official loader, its result as JSON-able data (with the credentials'
+    expiry, when the exec plugin or auth provider gave one, so the parent can refresh in time)."""
     from kubernetes import client as kclient
-    from kubernetes import config as kconfig
+    from kubernetes.config import kube_config as kc
 
     cfg = kclient.Configuration()
-    kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    loader = kc._get_kube_config_loader(filename=kubeconfig or os.path.expanduser(
+        os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]), active_context=context)
+    loader.load_and_set(cfg)
     namespace = "default"
     try:
-        _, active = kconfig.list_kube_config_contexts(config_file=kubeconfig)
-        namespace = (active or {}).get("context", {}).get("namespace") or "default"
+        namespace = loader.current_context.get("context", {}).get("namespace") or "default"
     except Exception:  # noqa: BLE001 - the namespace is only a default
         pass
     auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
     token = None
     if auth:
         token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+    expiry = loader.__dict__.get("expiry")
 
     def pem(path: str | None) -> str | None:
         if not path:
@@ -134,7 +142,9 @@ def _official(kubeconfig: str | None, context: str | None) -> dict[str, Any]:
 
     return {"server": cfg.host.rstrip("/"), "token": token, "verify_ssl": bool(cfg.verify_ssl),
             "default_namespace": namespace, "ca_pem": pem(cfg.ssl_ca_cert), "cert_pem": pem(cfg.cert_file),
-            "key_pem": pem(cfg.key_file)}
+            "key_pem": pem(cfg.key_file), "tls_server_name": getattr(cfg, "tls_server_name", None) or None,
+            "proxy_url": getattr(cfg, "proxy", None) or None,
+            "expires_at": expiry.timestamp() if expiry is not None else None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

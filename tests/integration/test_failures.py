@@ -142,7 +142,7 @@ def test_recreated_agent_is_never_touched_by_the_old_cleanup(api, ns, cluster, c
     # Replay the old agent's cleanup (as a late retry would): UID preconditions protect the new one.
     from controller.cleanup import clean_up
     stale = dict(old, status={"phase": "Completed"})
-    controller.call(lambda: clean_up(controller.runtime, stale, recheck=True))
+    controller.call(lambda: clean_up(controller.runtime, stale, "Sweep", thorough=True))
     now = api.agent(ns, "same")
     assert now["metadata"]["uid"] == new["metadata"]["uid"] and now["status"]["phase"] == "Running"
     assert leftovers(api, ns, SEL + new["metadata"]["uid"]) == {

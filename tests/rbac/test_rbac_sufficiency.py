@@ -128,7 +128,8 @@ class Env:
         from controller.operator import BackgroundController, Options
 
         options = Options(namespaces=[], archive_dir=str(self.archive_dir), metrics_port=0, health_port=0,
-                          sweep_interval=3600.0, listen_host="127.0.0.1", force_delete_after=2.0)
+                          sweep_interval=3600.0, listen_host="127.0.0.1", force_delete_after=2.0,
+                          orphan_min_age=0.0)
         config = ClientConfig(server=self.cluster.url, token=self.token, default_namespace="default")
         return BackgroundController(options, config).start()
 
