@@ -79,6 +79,7 @@ class Outcome:
     archive: ArchiveResult | None = None
     new_bytes: int = 0
     left: dict[str, list[str]] = field(default_factory=dict)
+    final: dict[str, Any] | None = None      # the Agent as the success write left it
 
 
 @dataclass
@@ -296,7 +297,7 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
                          f"Cleanup ({trigger}) succeeded: {pod}prompt and credentials deleted, {what}, "
                          f"no leaks.")
     log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger, "archived_bytes": new_bytes})
-    return Outcome(trigger=trigger, done=True, archive=archived, new_bytes=new_bytes)
+    return Outcome(trigger=trigger, done=True, archive=archived, new_bytes=new_bytes, final=final)
 
 
 async def record_failure(rt: Runtime, attempt: Attempt, exc: BaseException) -> CleanupFailed:

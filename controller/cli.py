@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="namespace of the Lease (default: $POD_NAMESPACE, else the service account's)")
     run_p.add_argument("--leader-election-id", default="agent-controller", metavar="NAME",
                        help="name of the Lease (%(default)s)")
+    run_p.add_argument("--leader-election-lease-duration", type=positive_float, default=15.0, metavar="S",
+                       help="how long a standby waits after the leader's last renewal before taking over (%(default)s)")
+    run_p.add_argument("--leader-election-renew-deadline", type=positive_float, default=10.0, metavar="S",
+                       help="the leader stops acting if it could not renew for this long (%(default)s)")
+    run_p.add_argument("--leader-election-retry-period", type=positive_float, default=2.0, metavar="S",
+                       help="how often to renew, or to try to acquire (%(default)s)")
 
     from .demo import add_demo_parser
 
@@ -129,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       kubeconfig=args.kubeconfig, context=args.context, pod_security=args.pod_security,
                       leader_election=args.leader_election,
                       leader_election_namespace=args.leader_election_namespace,
-                      leader_election_id=args.leader_election_id)
+                      leader_election_id=args.leader_election_id,
+                      lease_duration=args.leader_election_lease_duration,
+                      renew_deadline=args.leader_election_renew_deadline,
+                      retry_period=args.leader_election_retry_period)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_run_until_signal(options))

@@ -72,8 +72,8 @@ class LeaderElector:
 
     # ------------------------------------------------------------------ acquiring and renewing
 
-    async def acquire(self) -> None:
-        """Return once this replica holds the Lease."""
+    async def acquire(self, on_standby: Callable[[], Any] | None = None) -> None:
+        """Return once this replica holds the Lease (`on_standby` is called once if it must wait)."""
         logged = False
         while True:
             if await self._try():
@@ -83,6 +83,8 @@ class LeaderElector:
                 log.info("leader election: lease %s/%s is held by another replica; standing by",
                          self.namespace, self.name)
                 logged = True
+                if on_standby is not None:
+                    on_standby()
             await asyncio.sleep(self.retry_period)
 
     async def hold(self) -> None:

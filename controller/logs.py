@@ -70,6 +70,8 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
             files = extra_files() if callable(extra_files) else extra_files   # (agent.json: made here)
             for filename, data in files.items():
                 pending.write_file(filename, data)
+            if not rt.fence():
+                raise ArchiveError("write", "this replica lost its lease: the archive is left to the leader")
             return pending.commit()
 
         return await asyncio.to_thread(finish)

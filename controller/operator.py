@@ -70,8 +70,13 @@ def build_elector(options: Options, rt: Runtime) -> LeaderElector | None:
     if not options.leader_election:
         return None
     namespace = options.leader_election_namespace or own_namespace(rt.client.config.default_namespace)
-    return LeaderElector(rt.client, namespace, options.leader_election_id, lease_duration=options.lease_duration,
-                         renew_deadline=options.renew_deadline, retry_period=options.retry_period)
+    # The elector has a client of its own: the controller's client is fenced by the elector's verdict.
+    elector = LeaderElector(KubeClient(rt.client.config, retries=1, retry_budget=options.retry_period),
+                            namespace, options.leader_election_id, lease_duration=options.lease_duration,
+                            renew_deadline=options.renew_deadline, retry_period=options.retry_period)
+    rt.fence = elector.valid
+    rt.client.fence = elector.valid
+    return elector
 
 
 def own_namespace(default: str) -> str:
@@ -172,15 +177,13 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
         raise
     if sweeper is None or health is None:
         sweeper, health = build_servers(options, rt, elector)
-    if elector is not None:
-        rt.fence = elector.valid
     watcher = PodWatcher(rt.client, rt.pods, rt.namespaces)
     rt.pods.on_change = lambda old, new: notice.pod_changed(rt, old, new)
     await health.start()
     lost = asyncio.Event()
     try:
         if elector is not None:
-            await elector.acquire()
+            await elector.acquire(on_standby=(ready_flag.set if ready_flag is not None else None))
 
             async def hold() -> None:
                 await elector.hold()
@@ -228,8 +231,10 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
     finally:
         await rt.queue.stop()
         await rt.cancel_tasks()
-        if elector is not None and not lost.is_set():
-            await elector.release()
+        if elector is not None:
+            if not lost.is_set():
+                await elector.release()
+            await elector.client.close()
         await health.stop()
         await rt.client.close()
     if lost.is_set():

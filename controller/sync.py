@@ -110,10 +110,11 @@ async def act(rt: Runtime, key: AgentKey, agent: dict[str, Any], decision: Decis
     if decision.cleanup:
         trigger = decision.cleanup_trigger or api.TRIGGER_SWEEP
         try:
-            await clean_up(rt, agent, trigger, thorough=trigger == api.TRIGGER_SWEEP)
+            outcome = await clean_up(rt, agent, trigger, thorough=trigger == api.TRIGGER_SWEEP)
         except CleanupFailed as exc:
             return rt.back_off(uid, exc.delay)       # decide() waits for it, whatever events come
-        return None          # the success write's watch event brings the TTL, if any
+        rt.queue.add(key, hint=outcome.final)        # next: the TTL, if any (and older events are old news)
+        return None
     if decision.delete_agent:
         try:
             await rt.client.delete(AGENTS, meta["namespace"], meta["name"], uid=uid)

@@ -16,6 +16,8 @@ is `enqueueAfter(t)`, an error is `AddRateLimited(key)`):
 
 `hint` is the newest body of the object the caller saw (a watch event's, a write's answer), kept only
 while the key waits: `sync` uses it instead of reading the object again, and drops it after the run.
+A hint older than (or as old as) one already seen for the key is old news — a watch that lags behind
+the controller's own writes — and is dropped with its add: the newer state was, or will be, synced.
 """
 
 from __future__ import annotations
@@ -93,11 +95,20 @@ class WorkQueue(Generic[K]):
         self._timer: asyncio.Task[None] | None = None
         self._paused = False
         self._delay_for = delay_for or (lambda failures, exc: retry_delay(failures))
+        self._versions: dict[K, int] = {}       # the newest resourceVersion seen per key (until forget)
         self.processed = 0
+        self.stale = 0                           # adds dropped as old news
 
     # ------------------------------------------------------------------ producers
 
     def add(self, key: K, hint: Any = None) -> None:
+        if hint is not None:
+            version = _version(hint)
+            if version is not None:
+                if version <= self._versions.get(key, -1):
+                    self.stale += 1
+                    return
+                self._versions[key] = version
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = _Entry()
@@ -130,6 +141,7 @@ class WorkQueue(Generic[K]):
 
     def forget(self, key: K) -> None:
         """The object is gone: drop its pending delays, hint and failure count (not a run in progress)."""
+        self._versions.pop(key, None)
         entry = self._entries.get(key)
         if entry is not None and not entry.running and not entry.waiting:
             self._entries.pop(key, None)
@@ -282,6 +294,13 @@ class WorkQueue(Generic[K]):
             else:
                 keep.append((generation, future))
         entry.waiters = keep
+
+
+def _version(body: Any) -> int | None:
+    try:
+        return int(str((body.get("metadata") or {}).get("resourceVersion")))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _newer(old: Any, new: Any) -> Any:

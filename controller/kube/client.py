@@ -15,7 +15,7 @@ import ssl
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +189,16 @@ class _ServerNameContext(ssl.SSLContext):
                                    server_hostname=self.server_name or server_hostname, session=session)
 
 
+class Fenced(ApiError):
+    """A write refused before it was sent: this replica may no longer act (it lost its Lease)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "Fenced", "this replica lost its leader-election lease: it writes nothing more")
+
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class KubeClient:
     """Async REST calls. Retries 429, 5xx and transport errors with jittered exponential backoff,
     honouring `Retry-After` (API Priority and Fairness answers 429 with it), within a budget of
@@ -196,8 +206,9 @@ class KubeClient:
     Raises ApiError otherwise (its `retry_after` carries the server's advice to the caller)."""
 
     def __init__(self, config: ClientConfig, *, retries: int = 5, timeout: float = 30.0,
-                 retry_budget: float = 30.0):
+                 retry_budget: float = 30.0, fence: Callable[[], bool] | None = None):
         self.config = config
+        self.fence = fence          # with leader election: every write first asks whether we may act
         self.retries = retries
         self.timeout = timeout
         self.retry_budget = retry_budget
@@ -259,6 +270,8 @@ class KubeClient:
                             body: Any = None, content_type: str = "application/json", timeout: float | None = None,
                             accept: str | None = None) -> bytes:
         """The answer's body, unparsed (the caller decides when to pay for parsing it)."""
+        if self.fence is not None and method in MUTATING and not self.fence():
+            raise Fenced()
         session = await self.session()
         data = None if body is None else json.dumps(body)
         self.requests[(method, _resource_of(path))] += 1
@@ -283,6 +296,8 @@ class KubeClient:
                     err = _error(resp.status, raw.decode(errors="replace"), resp.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 err = ApiError(0, "TransportError", f"{type(exc).__name__}: {exc}")
+            if self.fence is not None and method in MUTATING and not self.fence():
+                raise Fenced() from err
             if err.status == 401 and not refreshed:
                 refreshed = True
                 if await self.config.refresh():
