@@ -146,6 +146,11 @@ def begin(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool) -
     start: dict[str, Any] = {"cleanup": recorded}
     if not status.get("completionTime"):
         start["completionTime"] = api.format_time(finished_at)
+    if not status.get("startTime"):
+        # The agent reported its end before the controller saw it running: when did it start?
+        started = next((p.state.started_at for p in rt.pods.owned_by(meta["uid"]) if p.state.started_at), None)
+        if started:
+            start["startTime"] = started
     fast = not thorough and number == 1 and rt.children.get(meta["uid"]) is not None
     snapshot = {**agent, "status": {**status, **start}}
     return Attempt(agent, trigger, number, list(cleanup.get("errors") or []), finished_at, start, recorded,
@@ -249,8 +254,11 @@ async def delete_and_verify(rt: Runtime, attempt: Attempt, found: Children) -> d
             if not ok:
                 left[kind].append(obj)
     names = {kind: [_name(o) for o in objs] for kind, objs in left.items() if objs}
+    had_pod = bool(found["pod"]) or bool((attempt.agent.get("status") or {}).get("podName"))
     attempt.recorded.update({
-        "podDeleted": not left["pod"],
+        # Only a pod that existed can have been deleted: an agent whose pod was never created (its name
+        # held by another object, a rejected spec) does not claim a deletion it did not make.
+        "podDeleted": had_pod and not left["pod"],
         "promptDeleted": not left["configmap"],
         "credentialsDeleted": not any(left[k.label] for k in CHILD_KINDS if k.credential),
         "verifiedNoLeaks": not names,
@@ -292,7 +300,7 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
         rt.metrics.archived_bytes.inc(new_bytes)
     files = len(archived.files) if archived else 0
     what = f"{files} files archived" if archived else "logs not kept (cleanup.logs: Delete)"
-    pod = "pod, " if recorded.get("podDeleted") and _had_pod(attempt) else ""
+    pod = "pod, " if recorded.get("podDeleted") else ""
     await rt.events.post(final, NORMAL, "CleanedUp",
                          f"Cleanup ({trigger}) succeeded: {pod}prompt and credentials deleted, {what}, "
                          f"no leaks.")
@@ -330,10 +338,6 @@ async def record_failure(rt: Runtime, attempt: Attempt, exc: BaseException) -> C
 
 def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _had_pod(attempt: Attempt) -> bool:
-    return bool((attempt.agent.get("status") or {}).get("podName"))
 
 
 async def patch_status(rt: Runtime, agent: Mapping[str, Any], status: Mapping[str, Any],

@@ -40,6 +40,7 @@ class PodState:
     agent_running: bool = False          # the agent container is running
     waiting_reason: str | None = None    # why a container does not start (ImagePullBackOff, Unschedulable, ...)
     waiting_message: str | None = None
+    started_at: str | None = None        # when the agent container started (running or since terminated)
 
     @classmethod
     def from_body(cls, pod: Mapping[str, Any]) -> PodState:
@@ -48,6 +49,7 @@ class PodState:
         status = pod.get("status") or {}
         agent_exit: int | None = None
         agent_running = False
+        started_at: str | None = None
         waiting: tuple[str | None, str | None] = (None, None)
         statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
         for cs in statuses:
@@ -56,6 +58,7 @@ class PodState:
                 if "terminated" in state:
                     agent_exit = int((state["terminated"] or {}).get("exitCode") or 0)
                 agent_running = "running" in state
+                started_at = (state.get("running") or state.get("terminated") or {}).get("startedAt") or None
             wait = state.get("waiting")
             if wait and wait.get("reason") and wait.get("reason") != "ContainerCreating" and waiting[0] is None:
                 waiting = (str(wait.get("reason")), str(wait.get("message") or "") or None)
@@ -76,6 +79,7 @@ class PodState:
             agent_running=agent_running,
             waiting_reason=waiting[0],
             waiting_message=waiting[1],
+            started_at=started_at,
         )
 
 
@@ -191,6 +195,9 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
             children.pod(agent, pod_security=seen.pod_security)
         except children.InvalidSpec as exc:
             return Decision(status=StatusChange(api.FAILED, api.REASON_INVALID_SPEC, str(exc)))
+        except RecursionError:
+            return Decision(status=StatusChange(api.FAILED, api.REASON_INVALID_SPEC,
+                                                "spec.podTemplate is nested too deeply"))
         refusal = seen.refusal
         if refusal is not None and not refusal.quota and not refusal.name_taken and refusal.status in (400, 403, 422):
             return Decision(status=StatusChange(api.FAILED, api.REASON_POD_REJECTED,

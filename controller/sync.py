@@ -143,11 +143,14 @@ async def write_status(rt: Runtime, agent: Mapping[str, Any], change: StatusChan
                            "observedGeneration": meta.get("generation")}
     if change.pod_created:
         new["podName"] = pod_name(meta["name"])
-    if change.start_time and not status.get("startTime"):
-        new["startTime"] = api.format_time(now)
     cached = rt.pods.named(meta["namespace"], pod_name(meta["name"]))
-    if cached is not None and cached.state.node and cached.owner_uid == label_value(meta["uid"]):
-        new["nodeName"] = cached.state.node
+    ours = cached if cached is not None and cached.owner_uid == label_value(meta["uid"]) else None
+    if not status.get("startTime") and (change.start_time or (ours is not None and ours.state.started_at)):
+        # When the agent container started, if the pod says (the agent may have reported first).
+        new["startTime"] = (ours.state.started_at if ours is not None and ours.state.started_at
+                            else api.format_time(now))
+    if ours is not None and ours.state.node:
+        new["nodeName"] = ours.state.node
     terminal = api.is_terminal(change.phase)
     if terminal:
         rt.terminal_at.setdefault(meta["uid"], now)
