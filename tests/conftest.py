@@ -29,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="the API server of the `backend` fixture (default: $AGENT_TEST_BACKEND, else emulator)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from backends import backend_choice
+
+    backend_choice(config.getoption("--backend"))      # an unknown AGENT_TEST_BACKEND: a usage error
+
+
 @pytest.fixture(scope="session")
 def backend_name(request: pytest.FixtureRequest) -> str:
     from backends import backend_choice

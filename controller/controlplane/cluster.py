@@ -183,6 +183,7 @@ class ControlPlane:
         self.processes: dict[str, _Process] = {}
         self.admin_token = ""
         self.startup_seconds: float | None = None   # the last start(), for reports
+        self.timings: dict[str, float] = {}          # seconds each step of the last start took
         self._ca: CertificateAuthority | None = None
         self._ssl: ssl.SSLContext | None = None
 
@@ -233,14 +234,22 @@ class ControlPlane:
         ServiceAccount controller has made ``default/default``. On failure everything started is
         stopped and ControlPlaneError names the failing process, with the tail of its log."""
         started = time.monotonic()
+        self.timings = {}
         if self._bin_dir is None:
             self._bin_dir = ensure_binaries(self.prefix, build=self.build)
+            self.timings["binaries"] = time.monotonic() - started
+        step = time.monotonic()
         self._prepare()
+        self.timings["certificates"] = time.monotonic() - step
         try:
             for name in ORDER:
+                step = time.monotonic()
                 self._start_process(name)
+                self.timings[name] = time.monotonic() - step
+            step = time.monotonic()
             self._wait("ServiceAccount default/default", "kube-controller-manager",
                        lambda: self._get_ok("/api/v1/namespaces/default/serviceaccounts/default"))
+            self.timings["default-serviceaccount"] = time.monotonic() - step
         except BaseException:
             self.stop(remove_workdir=False)
             raise
