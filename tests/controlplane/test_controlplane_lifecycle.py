@@ -114,3 +114,37 @@ def test_the_command_line_prints_ready_and_stops_everything_on_sigterm(bin_dir: 
     wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
              message="the CLI's children to be gone")
     assert_all_gone(children)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
+def test_the_command_line_stops_everything_when_its_parent_dies(bin_dir: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               AGENT_CONTROLLER_CONTROLPLANE_BIN=str(bin_dir))
+    cli = (f"'{sys.executable}' -m controller.controlplane --kubeconfig-out '{tmp_path / 'kc'}' --nodes 0 "
+           f"--workdir '{tmp_path / 'work'}'")
+    parent = subprocess.Popen(["sh", "-c", f"{cli} & echo $!; wait"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read(stream: Any) -> None:
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=read, args=(parent.stdout,), daemon=True).start()
+    cli_process: psutil.Process | None = None
+    try:
+        cli_process = psutil.Process(int(lines.get(timeout=60)))
+        assert lines.get(timeout=300).strip() == "ready"
+        children = cli_process.children()
+        assert len(children) == 4
+        parent.kill()                                   # SIGKILL: no chance to clean up itself
+        parent.wait()
+        everything = [cli_process, *children]
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in everything),
+                 timeout=120, message="the CLI and its children to stop after its parent died")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if cli_process is not None and cli_process.is_running() and cli_process.status() != psutil.STATUS_ZOMBIE:
+            cli_process.terminate()                     # a failed test must not leave it running
