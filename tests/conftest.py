@@ -1,4 +1,10 @@
-"""Shared fixtures: one API emulator per session, a fresh namespace and controller per test."""
+"""Shared fixtures: one API emulator per session, a fresh namespace and controller per test.
+
+The emulator fixtures (`cluster`, `api`, `ns`, `make_controller`, `controller`) are unchanged.
+The backend choice (tests/backends.py): `backend` — the emulator or a real control plane, per
+`--backend emulator|control-plane` or AGENT_TEST_BACKEND —, `backend_ns`, and `control_plane`
+(always the real one; skipped, with the reason, when its binaries cannot be had).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,54 @@ sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "manifests" / "crd.yaml"
 _counter = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", choices=("emulator", "control-plane"), default=None,
+                     help="the API server of the `backend` fixture (default: $AGENT_TEST_BACKEND, else emulator)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from backends import backend_choice
+
+    backend_choice(config.getoption("--backend"))      # an unknown AGENT_TEST_BACKEND: a usage error
+
+
+@pytest.fixture(scope="session")
+def backend_name(request: pytest.FixtureRequest) -> str:
+    from backends import backend_choice
+
+    return backend_choice(request.config.getoption("--backend"))
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real control plane for the session (tests/backends.py: CRDs, the chart's RBAC for the
+    controller's ServiceAccount)."""
+    from backends import start_control_plane
+
+    backend = start_control_plane(tmp_path_factory.mktemp("controlplane"))
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest, backend_name: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The chosen backend's facade (tests/backends.py: url, admin_token, ca_file, kubeconfig,
+    api(), create_namespace(), controller_config())."""
+    from backends import EmulatorBackend
+
+    if backend_name == "control-plane":
+        return request.getfixturevalue("control_plane")
+    return EmulatorBackend(request.getfixturevalue("cluster"), tmp_path_factory.mktemp("emulator"))
+
+
+@pytest.fixture
+def backend_ns(backend: Any) -> str:
+    """A fresh namespace on the chosen backend (Pod Security `restricted` on the control plane)."""
+    name = f"t{os.getpid() % 1000}-{next(_counter)}"
+    backend.create_namespace(name)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -21,11 +22,12 @@ class HttpError(Exception):
 
 
 class Api:
-    """Synchronous API calls with a bearer token."""
+    """Synchronous API calls with a bearer token (over HTTPS: trusting `ca_file`)."""
 
-    def __init__(self, url: str, token: str):
+    def __init__(self, url: str, token: str, ca_file: str | None = None):
         self.url = url.rstrip("/")
         self.token = token
+        self.ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     def call(self, method: str, path: str, body: Any = None, ctype: str = "application/json",
              params: dict[str, str] | None = None) -> Any:
@@ -34,7 +36,7 @@ class Api:
         req = urllib.request.Request(url, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": ctype, "Accept": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl) as resp:
                 raw = resp.read()
                 return json.loads(raw) if raw else {}
         except urllib.error.HTTPError as exc:
@@ -83,8 +85,9 @@ class Api:
                 return None
             raise
 
-    def create_namespace(self, name: str) -> None:
-        self.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        meta: dict[str, Any] = {"name": name, **({"labels": labels} if labels else {})}
+        self.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
 
     def events(self, ns: str) -> list[dict[str, Any]]:
         return self.call("GET", f"/api/v1/namespaces/{ns}/events")["items"]

@@ -1,0 +1,176 @@
+"""The API the tests run against: the emulator (controller/devcluster) or a real control plane
+(controller/controlplane), behind one small facade so a test can be written once.
+
+Choose with ``pytest --backend emulator|control-plane`` or ``AGENT_TEST_BACKEND`` (default:
+emulator). The fixtures are in conftest.py: ``backend`` (this facade, session-scoped),
+``backend_ns`` (a fresh namespace per test), ``control_plane`` (always the real one, for tests that
+need it whatever the choice). On the control plane:
+
+- the CRDs are installed with ``kubectl apply --server-side`` (manifests/crd.yaml and the chart's
+  kopf peering CRD);
+- the controller's namespace, ServiceAccount and RBAC are the chart's own, rendered by
+  ``helm template`` and applied — the controller never runs as an administrator:
+  :meth:`Backend.controller_config` authenticates as that ServiceAccount with a TokenRequest token;
+- per-test namespaces are labelled ``pod-security.kubernetes.io/enforce: restricted``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import Api, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = [ROOT / "manifests" / "crd.yaml", ROOT / "helm" / "agent-controller" / "crds" / "kopfpeerings.kopf.dev.yaml"]
+CHART = ROOT / "helm" / "agent-controller"
+TOOLS = Path(os.environ.get("AGENT_CONTROLLER_TOOLS") or ROOT / ".tools")
+BACKENDS = ("emulator", "control-plane")
+RELEASE = "agent-controller"
+CONTROLLER_NAMESPACE = "agent-controller"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+CONTROLLER_TOKEN_SECONDS = 24 * 3600
+
+
+def backend_choice(option: str | None) -> str:
+    """The backend named by the pytest option, else AGENT_TEST_BACKEND, else the emulator."""
+    name = option or os.environ.get("AGENT_TEST_BACKEND") or "emulator"
+    if name not in BACKENDS:
+        raise pytest.UsageError(f"unknown backend {name!r} (AGENT_TEST_BACKEND / --backend): one of {', '.join(BACKENDS)}")
+    return name
+
+
+class Backend:
+    """What a test needs from the API server, whichever it is."""
+
+    name: str
+    url: str
+    admin_token: str
+    ca_file: str | None
+    kubeconfig: str                      # an admin kubeconfig
+    namespace_labels: dict[str, str]     # put on every per-test namespace
+
+    def api(self, token: str | None = None) -> Api:
+        """The tests' synchronous REST client, as the admin (or with ``token``)."""
+        return Api(self.url, token or self.admin_token, self.ca_file)
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.api().create_namespace(name, {**self.namespace_labels, **(labels or {})})
+
+    def controller_config(self, default_namespace: str = "default") -> Any:
+        """The controller's ClientConfig (controller.kube.client)."""
+        raise NotImplementedError
+
+
+class EmulatorBackend(Backend):
+    """controller/devcluster; the controller runs as its admin (as the existing fixtures do)."""
+
+    name = "emulator"
+
+    def __init__(self, cluster: Any, workdir: Path):
+        self.cluster = cluster
+        self.url = cluster.url
+        self.admin_token = cluster.admin_token
+        self.ca_file = None
+        self.kubeconfig = cluster.kubeconfig_path(str(workdir / "admin.kubeconfig"))
+        self.namespace_labels = {}
+
+    def controller_config(self, default_namespace: str = "default") -> Any:
+        from controller.kube.client import ClientConfig
+
+        return ClientConfig(server=self.url, token=self.admin_token, default_namespace=default_namespace)
+
+
+class ControlPlaneBackend(Backend):
+    """A real control plane with the chart's RBAC installed for the controller's ServiceAccount."""
+
+    name = "control-plane"
+
+    def __init__(self, cp: Any, controller_service_account: str):
+        self.cp = cp
+        self.url = cp.url
+        self.admin_token = cp.admin_token
+        self.ca_file = str(cp.ca_file)
+        self.kubeconfig = str(cp.admin_kubeconfig)
+        self.namespace_labels = dict(RESTRICTED)
+        self.controller_namespace = CONTROLLER_NAMESPACE
+        self.controller_service_account = controller_service_account
+        self.controller_token = cp.service_account_token(CONTROLLER_NAMESPACE, controller_service_account,
+                                                         expiration_seconds=CONTROLLER_TOKEN_SECONDS)
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.cp.create_namespace(name, {**self.namespace_labels, **(labels or {})})
+
+    def controller_config(self, default_namespace: str = "default") -> Any:
+        from controller.kube.client import ClientConfig
+
+        return ClientConfig(server=self.url, token=self.controller_token, ca_file=self.ca_file,
+                            default_namespace=default_namespace)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cp.kubectl(*args, input=input, check=check)
+
+    def stop(self) -> None:
+        self.cp.stop()
+
+
+def _helm() -> str:
+    helm = TOOLS / "bin" / "helm"
+    if not os.access(helm, os.X_OK):
+        message = f"{helm} missing: run scripts/install-test-tools.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set)", pytrace=False)
+        pytest.skip(message)
+    return str(helm)
+
+
+def render_controller_rbac() -> str:
+    """The chart's ServiceAccount and RBAC, as `helm template` renders them for release
+    agent-controller in namespace agent-controller."""
+    home = TOOLS / "helm-home"
+    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data"), "KUBECONFIG": os.devnull}
+    proc = subprocess.run([_helm(), "template", RELEASE, str(CHART), "--namespace", CONTROLLER_NAMESPACE,
+                           "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm template failed: {proc.stderr}")
+    return proc.stdout
+
+
+def start_control_plane(workdir: Path) -> ControlPlaneBackend:
+    """Start a control plane in ``workdir`` and install what the suite needs (see the module
+    docstring). Skips (one line) when the binaries are missing and cannot be built here."""
+    from controller.controlplane import BinariesUnavailable, ControlPlane, ensure_binaries
+
+    try:
+        bin_dir = ensure_binaries()
+    except BinariesUnavailable as exc:
+        pytest.skip(f"no control plane: {exc}")
+    manifests = render_controller_rbac()
+    cp = ControlPlane(workdir=workdir, bin_dir=bin_dir, die_with_parent=True)
+    cp.start()
+    try:
+        for crd in CRDS:
+            cp.kubectl("apply", "--server-side", "-f", str(crd))
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agents.agentcontroller.dev",
+                   "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+        # The CRD's OpenAPI schema is published a moment after it is Established: wait until
+        # `kubectl explain` (and server-side apply's schema) knows it.
+        wait_for(lambda: cp.kubectl("explain", "agent.spec", check=False).returncode == 0,
+                 message="the Agent CRD's OpenAPI schema")
+        cp.create_namespace(CONTROLLER_NAMESPACE)
+        cp.kubectl("apply", "--server-side", "-f", "-", input=manifests)
+        accounts = [d["metadata"]["name"] for d in yaml.safe_load_all(manifests)
+                    if d and d.get("kind") == "ServiceAccount"]
+        assert len(accounts) == 1, f"the chart renders {len(accounts)} ServiceAccounts"
+        return ControlPlaneBackend(cp, accounts[0])
+    except BaseException:
+        cp.stop()
+        raise
