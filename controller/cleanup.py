@@ -95,6 +95,7 @@ class Attempt:
     recorded: dict[str, Any]            # status.cleanup as it will be written
     snapshot: Mapping[str, Any]         # the Agent as archived in agent.json
     fast: bool                          # the children are known: no list before the deletes
+    reported: bool = False              # the agent reported its end itself (no trigger recorded yet)
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -112,11 +113,10 @@ async def clean_up(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough
     """Run one cleanup attempt of a terminal (or deleted) Agent to success, or raise CleanupFailed."""
     attempt = begin(rt, agent, trigger, thorough)
     status = agent.get("status") or {}
-    if attempt.number == 1 and not (status.get("cleanup") or {}).get("trigger"):
-        # No trigger recorded: the agent itself reported its end (the controller records one with it).
-        phase = str(status.get("phase"))
-        await rt.events.post(agent, NORMAL if phase == api.COMPLETED else WARNING, "Reported",
-                             f"The agent reported {phase}" + (f": {status['message']}" if status.get("message") else "."))
+    if attempt.reported and status.get("phase") != api.COMPLETED:
+        # The agent reported an end other than success: an Event of its own (a reported success is
+        # told by the CleanedUp Event, one request less per cleanup on the common path).
+        await rt.events.post(agent, WARNING, "Reported", _ending(status))
     async with running_mark(rt, attempt) as mark:
         try:
             if not attempt.fast:
@@ -154,7 +154,7 @@ def begin(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool) -
     fast = not thorough and number == 1 and rt.children.get(meta["uid"]) is not None
     snapshot = {**agent, "status": {**status, **start}}
     return Attempt(agent, trigger, number, list(cleanup.get("errors") or []), finished_at, start, recorded,
-                   snapshot, fast)
+                   snapshot, fast, reported=number == 1 and not cleanup.get("trigger"))
 
 
 class _Mark:
@@ -301,8 +301,14 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
     files = len(archived.files) if archived else 0
     what = f"{files} files archived" if archived else "logs not kept (cleanup.logs: Delete)"
     pod = "pod, " if recorded.get("podDeleted") else ""
+    if attempt.reported and status.get("phase") == api.COMPLETED:
+        ended = f"{_ending(status)} "
+    elif status.get("reason") == api.REASON_POD_SUCCEEDED:
+        ended = f"{status.get('message') or ''} "
+    else:
+        ended = ""
     await rt.events.post(final, NORMAL, "CleanedUp",
-                         f"Cleanup ({trigger}) succeeded: {pod}prompt and credentials deleted, {what}, "
+                         f"{ended}Cleanup ({trigger}) succeeded: {pod}prompt and credentials deleted, {what}, "
                          f"no leaks.")
     log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger, "archived_bytes": new_bytes})
     return Outcome(trigger=trigger, done=True, archive=archived, new_bytes=new_bytes, final=final)
@@ -334,6 +340,11 @@ async def record_failure(rt: Runtime, attempt: Attempt, exc: BaseException) -> C
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _ending(status: Mapping[str, Any]) -> str:
+    message = str(status.get("message") or "").strip()
+    return f"The agent reported {status.get('phase')}" + (f": {message}" if message else ".")
 
 
 def _name(obj: Mapping[str, Any]) -> str:

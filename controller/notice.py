@@ -27,8 +27,10 @@ def agent_event(rt: Runtime, event: Mapping[str, Any]) -> None:
     uid = str(meta.get("uid", ""))
     if event.get("type") == "DELETED":
         rt.forget_agent(uid)
+        rt.recent.pop(key_of(body), None)
         rt.queue.forget(key_of(body))
         return
+    rt.remember(body)
     phase = str((body.get("status") or {}).get("phase") or "")
     previous = rt.phases.get(uid)
     rt.phases[uid] = phase
@@ -62,5 +64,7 @@ def pod_changed(rt: Runtime, old: PodInfo | None, new: PodInfo | None) -> None:
     assert pod is not None
     if old is not None and new is not None and old.state == new.state:
         return          # only container names or restarts moved: nothing the decision looks at
+    if api.is_terminal(rt.phases.get(pod.owner_uid)):
+        return          # a terminal Agent's pod is its cleanup's business (which the watch wakes)
     if pod.owner_name:
         rt.queue.add((pod.namespace, pod.owner_name))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import datetime
+import json
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ from .workqueue import WorkQueue, retry_delay
 _malloc_trim: Any = None
 
 AgentKey = tuple[str, str]      # (namespace, name): the work queue's key
+PARTIAL = "__partial__"         # marks an Agent body that holds only what remember() keeps
+_SLIM_META = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp")
+_SLIM_SPEC = ("terminate", "activeDeadlineSeconds", "startDeadlineSeconds", "ttlSecondsAfterFinished", "cleanup")
 
 
 def release_free_memory() -> None:
@@ -98,6 +102,7 @@ class Runtime:
     archive_failing: set[str] = field(default_factory=set)   # agent uids whose pod is kept: archive failing
     retrying: dict[str, float] = field(default_factory=dict)   # agent uid -> Unix time its cleanup first failed
     backoffs: dict[str, tuple[int, float]] = field(default_factory=dict)   # agent uid -> (failures, retry at)
+    recent: dict[AgentKey, bytes] = field(default_factory=dict)   # the last state of each Agent, slim (remember)
     cleanup_durations: list[float] = field(default_factory=list)   # seconds, for the demo's summary (last 10 000)
     cleaned: dict[str, asyncio.Future[None]] = field(default_factory=dict)   # uid -> resolved on cleanup success
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)   # background work, by name
@@ -124,6 +129,27 @@ class Runtime:
         future = self.cleaned.get(uid)
         if future is not None and not future.done():
             future.set_result(None)
+
+    def remember(self, body: Mapping[str, Any]) -> None:
+        """Keep the little of an Agent that a sync started by a pod event needs (compact JSON): what
+        decide() reads and what a status write needs (resourceVersion, conditions) — not the pod
+        template, env or prompt. A sync that must create children or clean up reads the whole Agent."""
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        slim = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                "metadata": {k: meta[k] for k in _SLIM_META if k in meta},
+                "spec": {k: spec[k] for k in _SLIM_SPEC if k in spec},
+                "status": body.get("status") or {}}
+        self.recent[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = json.dumps(slim).encode()
+
+    def recall(self, key: AgentKey) -> dict[str, Any] | None:
+        """The remembered part of an Agent (see remember), marked partial."""
+        raw = self.recent.get(key)
+        if raw is None:
+            return None
+        body: dict[str, Any] = json.loads(raw)
+        body[PARTIAL] = True
+        return body
 
     def back_off(self, uid: str, delay: float | None = None) -> float:
         """An attempt for this Agent failed (a refused creation, a failed cleanup): the next one waits

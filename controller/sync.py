@@ -30,7 +30,7 @@ from .kinds import CREATE_STAGES, POD
 from .kube.client import ApiError
 from .kube.resources import AGENTS, PODS
 from .names import AGENT_UID_LABEL, label_value, pod_name
-from .runtime import AgentKey, Runtime
+from .runtime import PARTIAL, AgentKey, Runtime
 from .workqueue import Retry
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,19 @@ def key_of(agent: Mapping[str, Any]) -> AgentKey:
 
 async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> float | None:
     """Bring one Agent a step further. Returns seconds after which to look again, or None."""
-    agent = dict(hint) if hint is not None else await rt.client.get_or_none(AGENTS, *key)
+    agent = dict(hint) if hint is not None else rt.recall(key) or await rt.client.get_or_none(AGENTS, *key)
     if agent is None:
         return None          # gone: its finalizer ran; whatever is left is the sweep's
     try:
         seen = await observe(rt, agent)
         decision = decide(agent, seen, rt.clock())
+        if agent.pop(PARTIAL, False) and (decision.create_children or decision.cleanup or decision.delete_agent):
+            # What was remembered of the Agent sufficed to decide on a status; this needs all of it.
+            fresh = await rt.client.get_or_none(AGENTS, *key)
+            if fresh is None:
+                return None
+            agent = fresh
+            decision = decide(agent, await observe(rt, agent), rt.clock())
         return await act(rt, key, agent, decision)
     except (Retry, asyncio.CancelledError):
         raise
@@ -163,9 +170,13 @@ async def write_status(rt: Runtime, agent: Mapping[str, Any], change: StatusChan
         updated = await patch_status(rt, agent, new, resource_version=meta.get("resourceVersion"))
     except ApiError as exc:
         if exc.conflict:
+            rt.recent.pop((meta["namespace"], meta["name"]), None)    # read it again, not from memory
             raise Retry(f"{meta['namespace']}/{meta['name']} changed meanwhile: deciding again", delay=0.0,
                         counts=False) from exc
         raise
+    rt.remember(updated)
+    if terminal:
+        rt.phases[meta["uid"]] = change.phase
     log.info("agent %s/%s: %s (%s)", meta["namespace"], meta["name"], change.phase, change.reason)
     await _post_transition(rt, updated, status, change)
     return updated
@@ -182,7 +193,8 @@ async def _post_transition(rt: Runtime, agent: Mapping[str, Any], before: Mappin
         await rt.events.post(agent, NORMAL, "Started", change.message)
     elif change.reason in _WARNING_REASONS:
         await rt.events.post(agent, WARNING, change.reason, change.message, aggregate=True)
-    elif api.is_terminal(change.phase):
+    elif api.is_terminal(change.phase) and change.reason != api.REASON_POD_SUCCEEDED:
+        # (A pod's success is told by the CleanedUp Event that follows: one request less per cleanup.)
         await rt.events.post(agent, NORMAL, change.reason, change.message)
 
 
