@@ -260,9 +260,9 @@ async def test_worker_result_requeues_after_that_many_seconds():
 async def test_forget_drops_a_pending_delay_and_the_failure_count():
     w = Recorder()
     w.outcomes["a"] = [RuntimeError("boom")]
-    async with started(w, delay_for=lambda failures, exc: 0.03) as q:
+    async with started(w, delay_for=lambda failures, exc: 60.0) as q:
         q.add("a")
-        await until(lambda: q.failures("a") == 1)
+        await until(lambda: q.failures("a") == 1)      # failed: due again in 60 s
         assert q.pending("a")
         q.forget("a")
         assert not q.pending("a") and q.failures("a") == 0 and len(q) == 0
