@@ -53,14 +53,20 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
         return None          # gone: its finalizer ran; whatever is left is the sweep's
     try:
         seen = await observe(rt, agent)
+        if agent.pop(PARTIAL, False) and not _partial_suffices(agent, seen):
+            fresh = await rt.client.get_or_none(AGENTS, *key)
+            if fresh is None:
+                return None
+            agent, seen = fresh, await observe(rt, fresh)
         decision = decide(agent, seen, rt.clock())
-        if agent.pop(PARTIAL, False) and (decision.create_children or decision.cleanup or decision.delete_agent):
+        if PARTIAL in agent and (decision.create_children or decision.cleanup or decision.delete_agent):
             # What was remembered of the Agent sufficed to decide on a status; this needs all of it.
             fresh = await rt.client.get_or_none(AGENTS, *key)
             if fresh is None:
                 return None
             agent = fresh
             decision = decide(agent, await observe(rt, agent), rt.clock())
+        agent.pop(PARTIAL, None)
         return await act(rt, key, agent, decision)
     except (Retry, asyncio.CancelledError):
         raise
@@ -68,6 +74,15 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
         # Retried by the queue; `kubectl describe agent` says why it is stuck (one aggregated Event).
         await rt.events.post(agent, WARNING, "SyncFailed", f"{type(exc).__name__}: {exc}; retrying", aggregate=True)
         raise
+
+
+def _partial_suffices(agent: dict[str, Any], seen: Observed) -> bool:
+    """A remembered (slim) Agent is enough to decide on what its existing pod did; anything else
+    (building the pod, checking the spec) needs the whole Agent. Keeps the mark for act()."""
+    ok = seen.pod is not None and bool((agent.get("status") or {}).get("podName"))
+    if ok:
+        agent[PARTIAL] = True
+    return ok
 
 
 async def observe(rt: Runtime, agent: Mapping[str, Any]) -> Observed:
