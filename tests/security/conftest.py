@@ -79,7 +79,7 @@ class Installed:
 def installed(backend: Backend) -> Iterator[Installed]:
     admin = backend.admin
     admin.apply(yaml.safe_load(CRD.read_text()))
-    wait_until(lambda: admin.request("GET", f"{AGENTS}/agents").status == 200, "the Agent CRD is served")
+    wait_until(lambda: admin.request("GET", AGENTS).status == 200, "the Agent CRD is served")
     admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NS}})
     for doc in install_docs():
         if doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
