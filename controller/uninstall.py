@@ -9,8 +9,9 @@ patch that first tests the entry it removes, so a concurrent change is never ove
 every Agent, or from those being deleted. Their children then go with the Kubernetes garbage
 collector (ownerReferences), but nothing is archived: their logs are lost.
 
-Meant for ``agent-controller uninstall --release-finalizers [--namespace NS] [--all]`` (wired in
-cli.py); :func:`report` prints what was done.
+:func:`uninstall_command` is ``agent-controller uninstall [--release-finalizers] [--all]
+[--dry-run] [--namespace NS ...]`` (to be wired in cli.py): without ``--release-finalizers`` it
+lists the Agents still held (exit 1 if any); :func:`report` prints what was done.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from . import FINALIZER
-from .kube.client import AGENTS, ApiError, KubeClient
+from .kube.client import AGENTS, ApiError, ClientConfig, KubeClient
 
-__all__ = ["Released", "agents_holding", "release_finalizers", "report"]
+__all__ = ["Released", "agents_holding", "release_finalizers", "report", "uninstall_command"]
 
 
 @dataclass
@@ -126,3 +127,31 @@ def report(result: Released, out: TextIO) -> int:
           "Their pods, prompts and credentials go with the garbage collector; their logs were not archived.",
           file=out)
     return 1 if result.failed else 0
+
+
+async def uninstall_command(
+    config: ClientConfig,
+    namespaces: Iterable[str] | None = None,
+    *,
+    release: bool,
+    all_agents: bool = False,
+    dry_run: bool = False,
+    out: TextIO,
+) -> int:
+    """``agent-controller uninstall``: without ``release``, list the Agents still held by the
+    finalizer (exit 1 if any, so scripts can refuse to uninstall); with it, release them."""
+    client = KubeClient(config)
+    try:
+        if not release:
+            held = await agents_holding(client, namespaces)
+            for agent in held:
+                deleting = " (being deleted)" if agent["metadata"].get("deletionTimestamp") else ""
+                print(f"{_key(agent)}{deleting}", file=out)
+            print(f"{len(held)} Agent(s) hold the finalizer {FINALIZER}. Delete them while the controller "
+                  "runs (kubectl delete agents --all -A), or release them with --release-finalizers "
+                  "(their logs are then not archived).", file=out)
+            return 1 if held else 0
+        result = await release_finalizers(client, namespaces, all_agents=all_agents, dry_run=dry_run)
+        return report(result, out)
+    finally:
+        await client.close()

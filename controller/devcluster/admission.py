@@ -33,6 +33,12 @@ where ``<message>`` is the ``messageExpression`` result, else ``message``, else
 resulted in error: <error>``. The HTTP status follows ``reason`` (Invalid 422 by default,
 Forbidden 403, Unauthorized 401, RequestEntityTooLarge 413).
 
+The same hook also runs the OwnerReferencesPermissionEnforcement admission plugin when
+``owner_references_permission_enforcement`` is set (off by default, as in kube-apiserver; on in
+OpenShift): setting ``blockOwnerDeletion: true`` on a new ownerReference needs ``update`` on the
+owner's ``finalizers`` subresource, and changing the ownerReferences of an existing object needs
+``delete`` on it.
+
 Not emulated: DELETE and CONNECT requests, ``paramKind``/``paramRef``, ``auditAnnotations``,
 ``authorizer`` in CEL, type checking (``status.typeChecking``), ``matchPolicy: Equivalent``
 across versions (rules match the request's own group/version).
@@ -47,6 +53,7 @@ from typing import Any
 
 import cel
 
+from .rbac import Attributes
 from .schema import _EXT_BY_SHORT, _EXT_FUNCS, SchemaError, _clean_cel_error, _compile
 from .store import ApiError, Cause, ResourceType, Store, ferr
 
@@ -391,6 +398,7 @@ class ValidatingAdmission:
         self._version: tuple[int, int] = (-1, -1)
         self._policies: list[_Policy] = []
         self.evaluations = 0  # policies evaluated (a test checks unrelated requests cost nothing)
+        self.owner_references_permission_enforcement = False
 
     # -- policies ------------------------------------------------------------------------------
 
@@ -450,6 +458,8 @@ class ValidatingAdmission:
         """Raise the :class:`ApiError` of the first denying binding; append Warn messages."""
         if user is None:  # the emulator's own writes (DevCluster helpers, node simulation)
             return
+        if self.owner_references_permission_enforcement and obj is not None:
+            self._owner_references(rt, operation, obj, old, user)
         if self._version == self._buckets_version() and not self._policies:
             return
         policies = self._current()
@@ -497,6 +507,43 @@ class ValidatingAdmission:
                         f'{rt.qualified} "{req.name}" is forbidden: {text}',
                         details,
                     )
+
+    def _owner_references(self, rt: ResourceType, operation: str, obj: dict[str, Any],
+                          old: dict[str, Any] | None, user: Any) -> None:
+        """OwnerReferencesPermissionEnforcement (plugin/pkg/admission/gc), with its messages."""
+        az = self.store.authorizer
+        if az is None or "system:masters" in (getattr(user, "groups", None) or ()):
+            return
+        md = obj.get("metadata") or {}
+        refs = md.get("ownerReferences") or []
+        old_refs = ((old or {}).get("metadata") or {}).get("ownerReferences") or []
+        if refs == old_refs:
+            return
+        ns = md.get("namespace", "") if rt.namespaced else ""
+        name = md.get("name", "")
+        details: dict[str, Any] = {"name": name, "kind": rt.plural}
+        if rt.group:
+            details = {"name": name, "group": rt.group, "kind": rt.plural}
+        if operation == "UPDATE":  # whoever creates a thing may own it to anything
+            ok, _ = az.authorize(user, Attributes(verb="delete", api_group=rt.group, resource=rt.plural,
+                                                  namespace=ns, name=name))
+            if not ok:
+                raise ApiError(403, "Forbidden", f'{rt.qualified} "{name}" is forbidden: cannot set an ownerRef '
+                               "on a resource you can't delete: , <nil>", details)
+        blocking_before = {r.get("uid") for r in old_refs if isinstance(r, dict) and r.get("blockOwnerDeletion")}
+        for ref in refs:
+            if not isinstance(ref, dict) or not ref.get("blockOwnerDeletion") or ref.get("uid") in blocking_before:
+                continue
+            owner = self.store.type_for_kind(ref.get("apiVersion", ""), ref.get("kind", ""))
+            ok = False
+            if owner is not None:
+                ok, _ = az.authorize(user, Attributes(
+                    verb="update", api_group=owner.group, resource=owner.plural, subresource="finalizers",
+                    namespace=ns if owner.namespaced else "", name=ref.get("name", "")))
+            if not ok:
+                raise ApiError(403, "Forbidden", f'{rt.qualified} "{name}" is forbidden: cannot set '
+                               "blockOwnerDeletion if an ownerReference refers to a resource you can't set "
+                               "finalizers on: , <nil>", details)
 
     def _evaluate(self, policy: _Policy, req: Request) -> tuple[str, str] | None:
         """(reason, message) of the first failing validation, or None if the request passes."""

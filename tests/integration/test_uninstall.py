@@ -16,7 +16,7 @@ import pytest
 
 from controller import FINALIZER
 from controller.kube.client import ClientConfig, KubeClient
-from controller.uninstall import release_finalizers, report
+from controller.uninstall import release_finalizers, report, uninstall_command
 from helpers import HttpError, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +73,22 @@ def test_release_finalizers_frees_deleted_agents_only(cluster: Any, api: Any, ns
     import io
     out = io.StringIO()
     assert report(result, out) == 0 and f"released {ns}/running" in out.getvalue()
+
+
+def test_uninstall_command_lists_then_releases(cluster: Any, api: Any, ns: str) -> None:
+    import io
+
+    held_agent(api, ns, "left", [FINALIZER])
+    api.delete_agent(ns, "left")
+    config = ClientConfig(server=cluster.url, token=cluster.admin_token)
+    out = io.StringIO()
+    assert asyncio.run(uninstall_command(config, [ns], release=False, out=out)) == 1
+    assert f"{ns}/left (being deleted)" in out.getvalue()
+    out = io.StringIO()
+    assert asyncio.run(uninstall_command(config, [ns], release=True, out=out)) == 0
+    assert f"released {ns}/left" in out.getvalue()
+    wait_for(lambda: api.agent_or_none(ns, "left") is None, timeout=30)
+    assert asyncio.run(uninstall_command(config, [ns], release=False, out=io.StringIO())) == 0
 
 
 def documented_loop() -> str:

@@ -139,6 +139,8 @@ def start_env(rbac: dict[str, Any], rules: list[dict[str, Any]], archive_dir: Pa
     from controller.devcluster import DevCluster
 
     cluster = DevCluster().start()
+    # as on OpenShift: blockOwnerDeletion needs `update` on agents/finalizers
+    cluster.admission.owner_references_permission_enforcement = True
     try:
         cluster.apply_file(str(CRD))
         sa = copy.deepcopy(rbac["ServiceAccount"])

@@ -143,3 +143,56 @@ def test_unselected_requests_cost_no_evaluation(backend: Backend, policies: Clie
     assert plugin.evaluations == before
     create(policies, labelled, "counted")
     assert plugin.evaluations == before + 2  # the probe policy's binding and the warn policy's
+
+
+@pytest.fixture
+def owner_references_enforced(backend: Backend) -> Iterator[None]:
+    """The OwnerReferencesPermissionEnforcement admission plugin (off by default in kube-apiserver):
+    switched on in the emulator; on a real server only when it says it runs it."""
+    import os
+
+    if backend.emulator is None:
+        if os.environ.get("AGENT_CONTROLLER_TEST_OWNERREF_ENFORCEMENT") != "1":
+            pytest.skip("set AGENT_CONTROLLER_TEST_OWNERREF_ENFORCEMENT=1 when the server runs the plugin")
+        yield
+        return
+    plugin = backend.emulator.admission
+    plugin.owner_references_permission_enforcement = True
+    try:
+        yield
+    finally:
+        plugin.owner_references_permission_enforcement = False
+
+
+def test_block_owner_deletion_needs_update_on_the_owners_finalizers(
+    installed: Installed, ns: str, owner_references_enforced: None
+) -> None:
+    admin = installed.admin
+    owner = admin.ok("POST", f"/apis/agentcontroller.dev/v1alpha1/namespaces/{ns}/agents",
+                     {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "o"},
+                      "spec": {"image": "i"}})
+    rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]}]
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": "cm", "namespace": ns}, "rules": rules})
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": "cm", "namespace": ns},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm"},
+                 "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]})
+    alice = admin.impersonating("alice", "system:authenticated")
+
+    def owned(name: str, block: bool) -> Any:
+        ref = {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent", "name": "o",
+               "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": block}
+        return alice.request("POST", f"/api/v1/namespaces/{ns}/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "ownerReferences": [ref]}})
+
+    wait_until(lambda: create(alice, ns, "probe").status == 201, "alice's Role is in force")
+    reply = owned("blocking", True)
+    assert reply.status == 403, reply.message
+    assert reply.message == ('configmaps "blocking" is forbidden: cannot set blockOwnerDeletion if an '
+                             "ownerReference refers to a resource you can't set finalizers on: , <nil>")
+    assert owned("not-blocking", False).status == 201
+    rules.append({"apiGroups": ["agentcontroller.dev"], "resources": ["agents/finalizers"], "verbs": ["update"]})
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": "cm", "namespace": ns}, "rules": rules})
+    wait_until(lambda: owned("blocking", True).status == 201, "agents/finalizers update lets alice block")
