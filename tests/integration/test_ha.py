@@ -35,7 +35,8 @@ from controller.runtime import utcnow
 from controller.sweep import SweepReport
 
 ROOT = Path(__file__).resolve().parents[2]
-PEERING_CRDS = ROOT / "helm" / "agent-controller" / "crds" / "kopfpeerings.kopf.dev.yaml"
+# kopf peering (until the Lease-based leader election replaces it): the CRDs the chart used to ship
+PEERING_CRDS = Path(__file__).resolve().parent / "data" / "kopfpeerings.kopf.dev.yaml"
 PEERING = "agent-controller"          # the chart's default: the release's full name
 MANAGED = "app.kubernetes.io/managed-by=agent-controller"
 SEL = "agentcontroller.dev/agent-uid="
