@@ -217,7 +217,8 @@ def report(
     ``resourceVersion`` read (optimistic concurrency), re-reading on 409 a few times.
     Transient failures (API down, 5xx) are retried until ``retry_seconds`` have passed.
     When the phase changes, ``reason`` and ``message`` not given are cleared (they describe the
-    latest phase). A terminal phase also sets ``completionTime``.
+    latest phase). ``completionTime`` is the controller's to set (it is one of the status fields
+    only the controller may write): an agent's report never carries it.
     """
     validate_report(phase, progress, message, reason)
     name, ns = agent_identity()
@@ -287,8 +288,6 @@ def _status_patch(
         status["message"] = message  # None clears a stale message (merge-patch null)
     if reason is not None or changed:
         status["reason"] = reason
-    if phase in TERMINAL_PHASES:
-        status["completionTime"] = utc_now()
     body: dict[str, Any] = {"status": status}
     if rv:
         body["metadata"] = {"resourceVersion": rv}

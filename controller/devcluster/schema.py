@@ -96,28 +96,15 @@ def _go_num(x: float) -> str:
 
 
 def _go_value(v: Any) -> str:
-    """The bad value as kube's field.Error.ErrorBody prints it."""
+    """The bad value as kube's field.Error.ErrorBody prints it (1.37: objects and lists as JSON,
+    e.g. ``Duplicate value: {"name":"x"}``)."""
     if v is None:
         return '"null"'
     if isinstance(v, str):
         return _go_quote(v)
     if isinstance(v, (bool, int, float)):
         return _go_num(v)
-    return _go_gosyntax(v)
-
-
-def _go_gosyntax(v: Any) -> str:
-    """Rough Go ``%#v`` of a JSON value (maps and slices of interface{})."""
-    if isinstance(v, dict):
-        inner = ", ".join(f"{_go_quote(str(k))}:{_go_gosyntax(x)}" for k, x in sorted(v.items()))
-        return "map[string]interface {}{" + inner + "}"
-    if isinstance(v, list):
-        return "[]interface {}{" + ", ".join(_go_gosyntax(x) for x in v) + "}"
-    if v is None:
-        return "interface {}(nil)"
-    if isinstance(v, str):
-        return _go_quote(v)
-    return _go_num(v)
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _err(etype: str, path: str, value: Any, detail: str) -> FieldError:

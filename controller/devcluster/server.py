@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import tables
+from .admission import ValidatingAdmission
 from .kubelet import Kubelet
 from .rbac import Attributes, Authorizer, UserInfo
 from .store import (
@@ -1493,6 +1494,8 @@ class DevCluster:
         self.faults = Faults()
         self.authorizer = Authorizer(self.store.list_objects)
         self.store.authorizer = self.authorizer
+        self.admission = ValidatingAdmission(self.store)
+        self.store.admission = self.admission
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.requests_by_user: collections.defaultdict[str, collections.Counter[tuple[str, str]]] = (
             collections.defaultdict(collections.Counter)

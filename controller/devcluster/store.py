@@ -569,6 +569,16 @@ def builtin_types() -> list[ResourceType]:
         ),
         ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
         ResourceType(
+            "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", "validatingadmissionpolicy",
+            "ValidatingAdmissionPolicy", False, ("vap",), ("api-extensions",),
+            subresources={"status": STATUS_VERBS},
+        ),
+        ResourceType(
+            "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings",
+            "validatingadmissionpolicybinding", "ValidatingAdmissionPolicyBinding", False, ("vapb",),
+            ("api-extensions",),
+        ),
+        ResourceType(
             "apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition",
             "CustomResourceDefinition", False, ("crd", "crds"), ("api-extensions",),
             subresources={"status": STATUS_VERBS}, return_deleted=True,
@@ -1032,6 +1042,8 @@ class Store:
         self.defer_later: Callable[[float, Callable[[], None]], Any] = defer_later or self._defer_now
         self.make_event: Callable[[], Any] = make_event or _SimpleEvent
         self.authorizer: Any = None
+        # ValidatingAdmissionPolicy plugin (admission.ValidatingAdmission), wired by the server
+        self.admission: Any = None
         self.registry_version = 0
         self.gen_name_rng = random.Random()
         for rt in builtin_types():
@@ -1423,6 +1435,8 @@ class Store:
         validate_meta(rt, body, errs)
         if errs:
             raise invalid(rt, name, errs)
+        if self.admission is not None:
+            self.admission.admit(rt, "CREATE", "", body, None, user, dry_run=dry_run, warnings=warnings)
         if (ns, name) in b.objects:
             raise already_exists(rt, name)
         if dry_run:
@@ -1629,6 +1643,8 @@ class Store:
                 )
         if errs:
             raise invalid(rt, name, errs)
+        if self.admission is not None and not internal:
+            self.admission.admit(rt, "UPDATE", subresource, new, oobj, user, dry_run=dry_run, warnings=warnings)
         # generation
         if self._spec_changed(rt, new, oobj):
             md["generation"] = int(omd.get("generation") or 0) + 1
@@ -1939,6 +1955,8 @@ class Store:
                 fins.append(CRD_FINALIZER)
         elif g == "rbac.authorization.k8s.io":
             self._rbac_validate(rt, obj, None, errs, user)
+        elif g == "admissionregistration.k8s.io" and self.admission is not None:
+            errs.extend(self.admission.check(p, obj))
 
     def _strategy_update(
         self,
@@ -1974,6 +1992,8 @@ class Store:
                 self._crd_prepare(new, old, errs)
         elif g == "rbac.authorization.k8s.io":
             self._rbac_validate(rt, new, old, errs, user)
+        elif g == "admissionregistration.k8s.io" and self.admission is not None and subresource != "status":
+            errs.extend(self.admission.check(p, new))
 
     def _schema(
         self,

@@ -183,12 +183,14 @@ def test_report_same_phase_keeps_message_and_updates_progress(api: FakeAPI) -> N
     assert api.objects[("team-a", "a1")]["status"] == {"phase": "Working", "message": "step 1", "progress": 50}
 
 
-def test_terminal_report_sets_completion_time(api: FakeAPI) -> None:
+def test_terminal_report_leaves_completion_time_to_the_controller(api: FakeAPI) -> None:
+    """Only the controller writes completionTime (the status ValidatingAdmissionPolicy refuses it
+    from the agent's token)."""
     api.add_agent("team-a", "a1", {"phase": "Working"})
     st.report("Completed", progress=100, message="done", reason="TaskDone")
     s = api.objects[("team-a", "a1")]["status"]
     assert s["phase"] == "Completed" and s["reason"] == "TaskDone" and s["progress"] == 100
-    assert RFC3339_Z.match(s["completionTime"]), s["completionTime"]
+    assert "completionTime" not in s
 
 
 def test_terminal_phase_is_never_overwritten(api: FakeAPI, tmp_path: Path) -> None:
@@ -297,7 +299,7 @@ def test_run_reports_the_exit(api: FakeAPI, tmp_path: Path, code: int) -> None:
         assert s["phase"] == "Failed"
         assert "3" in s["message"]
     assert s["reason"] == "ExitCode"
-    assert RFC3339_Z.match(s["completionTime"])
+    assert "completionTime" not in s  # the controller's to set
     assert s["progress"] == 70
 
 

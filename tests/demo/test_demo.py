@@ -89,7 +89,7 @@ def test_demo_runs_serves_metrics_kubectl_and_shuts_down_cleanly(tmp_path):
             proc.wait()
     if shutil.which("kubectl"):
         header = kubectl_out.splitlines()[0].split()
-        assert header == ["NAME", "PHASE", "PROGRESS", "POD", "CLEANUP", "AGE"], kubectl_out
+        assert header == ["NAME", "PHASE", "REASON", "PROGRESS", "POD", "CLEANUP", "AGE"], kubectl_out
         assert "researcher" in kubectl_out
     check_archives(archive, build_samples(7))
 

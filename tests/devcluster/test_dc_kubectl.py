@@ -39,13 +39,18 @@ def test_apply_get_patch_delete_agent(kubectl: Kubectl, ns: str, dc: Any) -> Non
     assert dc.get("agents", "demo", ns)["spec"]["prompt"] == "changed"
 
     lines = kubectl("get", "agents", "-n", ns).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PHASE", "PROGRESS", "POD", "CLEANUP", "AGE"]
+    assert lines[0].split() == ["NAME", "PHASE", "REASON", "PROGRESS", "POD", "CLEANUP", "AGE"]
     assert lines[1].split()[0] == "demo"
 
     kubectl("patch", "agent", "demo", "-n", ns, "--subresource=status", "--type=merge",
-            "-p", '{"status":{"phase":"Working","progress":40,"podName":"demo","cleanup":{"state":"Pending"}}}')
+            "-p", '{"status":{"phase":"Working","reason":"Started","progress":40,"podName":"demo",'
+                  '"nodeName":"node-1","cleanup":{"state":"Pending","trigger":"Completed","archivedBytes":1234}}}')
     row = kubectl("get", "ag", "demo", "-n", ns, "--no-headers").stdout.split()
-    assert row[:5] == ["demo", "Working", "40", "demo", "Pending"]
+    assert row[:6] == ["demo", "Working", "Started", "40", "demo", "Pending"]
+    wide = kubectl("get", "ag", "demo", "-n", ns, "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "PHASE", "REASON", "PROGRESS", "POD", "CLEANUP", "AGE", "NODE", "TRIGGER",
+                               "ARCHIVED", "FINISHED"]
+    assert wide[1].split()[7:10] == ["node-1", "Completed", "1234"]
 
     obj = json.loads(kubectl("get", "agent", "demo", "-n", ns, "-o", "json").stdout)
     assert obj["kind"] == "Agent" and obj["status"]["progress"] == 40
@@ -84,8 +89,8 @@ def test_get_watch_prints_changes(kubectl: Kubectl, kubeconfig: str, ns: str, dc
         proc.terminate()
         out, err = proc.communicate(timeout=10)
     lines = [ln.split() for ln in out.splitlines()]
-    assert lines[0] == ["NAME", "PHASE", "PROGRESS", "POD", "CLEANUP", "AGE"]
-    assert ["w1", "Running", "7"] == lines[-1][:3], out + err
+    assert lines[0] == ["NAME", "PHASE", "REASON", "PROGRESS", "POD", "CLEANUP", "AGE"]
+    assert ["w1", "Running", "7"] == lines[-1][:3], out + err  # an empty cell prints nothing
 
 
 def test_builtin_kinds_pods_logs_and_auth(kubectl: Kubectl, ns: str, dc: Any) -> None:

@@ -236,7 +236,9 @@ def test_custom_resource_status_subresource_and_generation(k8s: Any, ns: str) ->
     a = co.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {**agent("g"), "status": {"phase": "Running"}})
     assert "status" not in a and a["metadata"]["generation"] == 1
     # defaults from the schema
-    assert a["spec"]["cleanup"] == {"logs": "Archive", "gracePeriodSeconds": 5, "delaySeconds": 0}
+    assert a["spec"]["cleanup"] == {"logs": "Archive", "gracePeriodSeconds": 5, "delaySeconds": 0,
+                                    "logTimeoutSeconds": 300}
+    assert a["spec"]["startDeadlineSeconds"] == 600
     assert a["spec"]["terminate"] is False
     s = co.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, "g", {"status": {"phase": "Running"}, "spec": {"image": "ignored"}})
     assert s["status"]["phase"] == "Running" and s["spec"]["image"] == "busybox"
@@ -387,9 +389,13 @@ def test_server_side_tables(k8s: Any, ns: str, dc: Any) -> None:
     accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
     t = json.loads(raw(dc, "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/agents", headers={"Accept": accept})[2])
     assert t["kind"] == "Table" and t["apiVersion"] == "meta.k8s.io/v1"
-    assert [c["name"] for c in t["columnDefinitions"]] == ["Name", "Phase", "Progress", "Pod", "Cleanup", "Age"]
+    # as kube-apiserver 1.37 answers for this CRD (the wide columns have priority 1)
+    assert [(c["name"], c["priority"]) for c in t["columnDefinitions"]] == [
+        ("Name", 0), ("Phase", 0), ("Reason", 0), ("Progress", 0), ("Pod", 0), ("Cleanup", 0), ("Age", 0),
+        ("Node", 1), ("Trigger", 1), ("Archived", 1), ("Finished", 1)]
     cells = t["rows"][0]["cells"]
-    assert cells[:5] == ["t1", "Working", 40, "t1", None] and cells[5].endswith("s")
+    assert cells[:6] == ["t1", "Working", None, 40, "t1", None] and cells[6].endswith("s")
+    assert cells[7:] == [None, None, None, None]
     assert t["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
     client.CoreV1Api(k8s).create_namespaced_pod(ns, pod("tp"))
     t = json.loads(raw(dc, "GET", f"/api/v1/namespaces/{ns}/pods/tp", headers={"Accept": accept})[2])

@@ -122,7 +122,8 @@ def test_watch_as_table(dc: Any, ns: str) -> None:
     evs = list(stream(dc, f"/apis/agentcontroller.dev/v1alpha1/namespaces/{ns}/agents?watch=true&timeoutSeconds=1", {"Accept": accept}))
     assert evs[0]["type"] == "ADDED" and evs[0]["object"]["kind"] == "Table"
     assert evs[0]["object"]["rows"][0]["cells"][0] == "tw"
-    assert [c["name"] for c in evs[0]["object"]["columnDefinitions"]][1:] == ["Phase", "Progress", "Pod", "Cleanup", "Age"]
+    assert [c["name"] for c in evs[0]["object"]["columnDefinitions"]][1:] == [
+        "Phase", "Reason", "Progress", "Pod", "Cleanup", "Age", "Node", "Trigger", "Archived", "Finished"]
 
 
 def test_watch_ends_on_break_watches(dc: Any, ns: str) -> None:

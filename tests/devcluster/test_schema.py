@@ -194,11 +194,13 @@ def test_prune_unknown_fields(schema: StructuralSchema) -> None:
     assert obj["status"]["conditions"] == [{"type": "T", "status": "True"}]
     # preserved
     assert obj["spec"]["podTemplate"] == {"anything": {"deep": [1]}}
-    assert obj["spec"]["resources"] == {"limits": {"cpu": "1"}, "x": 1}
+    assert obj["spec"]["resources"] == {"limits": {"cpu": "1"}}  # typed: requests, limits, claims
     assert obj["spec"]["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert obj["metadata"]["annotations"] and obj["metadata"]["labels"] == {"x": "y"}
     assert obj["apiVersion"] and obj["kind"] == "Agent"
-    assert sorted(removed) == ["extraTopLevel", "spec.bogus", "status.conditions[0].x", "status.kopf"]
+    assert sorted(removed) == [
+        "extraTopLevel", "spec.bogus", "spec.resources.x", "status.conditions[0].x", "status.kopf"
+    ]
 
 
 def test_prune_is_idempotent_and_keeps_valid_object(schema: StructuralSchema) -> None:
@@ -215,15 +217,19 @@ def test_prune_is_idempotent_and_keeps_valid_object(schema: StructuralSchema) ->
 def test_defaults(schema: StructuralSchema) -> None:
     obj = agent()
     schema.default(obj)
-    assert obj["spec"]["cleanup"] == {"logs": "Archive", "gracePeriodSeconds": 5, "delaySeconds": 0}
-    assert obj["spec"]["terminate"] is False
+    assert obj["spec"]["cleanup"] == {
+        "logs": "Archive", "gracePeriodSeconds": 5, "delaySeconds": 0, "logTimeoutSeconds": 300
+    }
+    assert obj["spec"]["terminate"] is False and obj["spec"]["startDeadlineSeconds"] == 600
     assert "status" not in obj  # no parent, no defaults
 
 
 def test_defaults_fill_partial_object_and_keep_values(schema: StructuralSchema) -> None:
     obj = agent(cleanup={"logs": "Delete"}, terminate=True)
     schema.default(obj)
-    assert obj["spec"]["cleanup"] == {"logs": "Delete", "gracePeriodSeconds": 5, "delaySeconds": 0}
+    assert obj["spec"]["cleanup"] == {
+        "logs": "Delete", "gracePeriodSeconds": 5, "delaySeconds": 0, "logTimeoutSeconds": 300
+    }
     assert obj["spec"]["terminate"] is True
 
 
@@ -252,13 +258,24 @@ def with_phase(phase: str | None) -> dict[str, Any]:
     return obj
 
 
-TERMINAL_MSG = 'status: Invalid value: "object": status.phase is terminal (Completed, Failed, Error or Terminated) and cannot change'
+# The rule is at the object's root (a rule on `status` is not evaluated when `status` is removed),
+# reported at status.phase. Same text as kube-apiserver 1.37 (tests/security checks it on both).
+TERMINAL_MSG = (
+    "status.phase: Forbidden: status.phase is terminal (Completed, Failed, Error or Terminated): "
+    "it cannot change, and neither status nor status.phase can be removed"
+)
 
 
 def test_terminal_phase_cannot_change(schema: StructuralSchema) -> None:
     errs = schema.validate(with_phase("Running"), with_phase("Completed"))
-    assert errs == [FieldError("status", "FieldValueInvalid", TERMINAL_MSG)]
+    assert errs == [FieldError("status.phase", "FieldValueForbidden", TERMINAL_MSG)]
     assert messages(schema.validate(with_phase(None), with_phase("Failed"))) == [TERMINAL_MSG]
+
+
+def test_terminal_phase_cannot_be_removed_with_the_status(schema: StructuralSchema) -> None:
+    for phase in ("Completed", "Failed", "Error", "Terminated"):
+        no_status = agent(terminate=False)  # what a merge patch {"status": null} leaves
+        assert messages(schema.validate(no_status, with_phase(phase))) == [TERMINAL_MSG], phase
 
 
 def test_terminal_phase_transitions_allowed(schema: StructuralSchema) -> None:
@@ -266,6 +283,44 @@ def test_terminal_phase_transitions_allowed(schema: StructuralSchema) -> None:
     assert schema.validate(with_phase("Completed"), with_phase("Running")) == []
     assert schema.validate(with_phase("Running"), None) == []  # no old: transition rules skipped
     assert schema.validate(with_phase("Running"), agent()) == []  # no old status
+    assert schema.validate(agent(), with_phase("Running")) == []  # not terminal: may be removed
+    assert schema.validate(agent(), agent()) == []
+
+
+def test_new_spec_fields_and_limits(schema: StructuralSchema) -> None:
+    got = messages(schema.validate(agent(startDeadlineSeconds=0, cleanup={"logTimeoutSeconds": 86401})))
+    assert got == [
+        "spec.startDeadlineSeconds: Invalid value: 0: spec.startDeadlineSeconds in body should be greater than or equal to 1",
+        "spec.cleanup.logTimeoutSeconds: Invalid value: 86401: "
+        "spec.cleanup.logTimeoutSeconds in body should be less than or equal to 86400",
+    ]
+    obj = agent()
+    obj["status"] = {"output": {"bytes": -1, "stdoutBytes": 0, "stderrBytes": 0},
+                     "cleanup": {"logsComplete": True}, "nodeName": "n1"}
+    assert messages(schema.validate(obj)) == [
+        "status.output.bytes: Invalid value: -1: status.output.bytes in body should be greater than or equal to 0"
+    ]
+
+
+def test_quantities_and_duplicate_containers_are_refused(schema: StructuralSchema) -> None:
+    """As kube-apiserver 1.37 words them (read off a real one)."""
+    got = messages(schema.validate(agent(resources={"limits": {"cpu": "lots"}, "requests": {"memory": 1}})))
+    assert got == [
+        "spec.resources.limits.cpu: Invalid value: \"lots\": spec.resources.limits.cpu in body should match "
+        "'^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$'"
+    ]
+    template = {"spec": {"containers": [{"name": "x", "image": "a"}, {"name": "x", "image": "b"}]}}
+    assert messages(schema.validate(agent(podTemplate=template))) == [
+        'spec.podTemplate.spec.containers[1]: Duplicate value: {"name":"x"}'
+    ]
+    template = {"spec": {"initContainers": [{"image": "a"}]}}
+    assert messages(schema.validate(agent(podTemplate=template)))[0] == (
+        "spec.podTemplate.spec.initContainers[0].name: Required value"
+    )
+    template = {"spec": {"containers": [{"name": "s", "resources": {"requests": {"memory": "1GB"}}}],
+                         "hostNetwork": True, "anything": {"deep": 1}}}
+    got = messages(schema.validate(agent(podTemplate=template)))
+    assert len(got) == 1 and got[0].startswith("spec.podTemplate.spec.containers[0].resources.requests.memory: ")
 
 
 def test_terminate_cannot_be_unset(schema: StructuralSchema) -> None:

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import leftovers, script, wait_for
 from test_lifecycle import assert_manifest, cleaned
 
@@ -220,6 +221,7 @@ def test_metrics_text_is_valid_and_complete(api, ns, cluster, controller):
     wait_for(cleaned(api, ns, "m"))
     controller.sweep()
     text = scrape(controller)
+    contract = yaml.safe_load((ROOT / "tests" / "shipping" / "data" / "contract.yaml").read_text())
     expected = {
         "agent_controller_agents": {"phase"},
         "agent_controller_phase_transitions_total": {"to"},
@@ -236,6 +238,8 @@ def test_metrics_text_is_valid_and_complete(api, ns, cluster, controller):
         "agent_controller_cleanups_retrying": set(),
         "agent_controller_cleanup_retrying_longest_seconds": set(),
     }
+    for name in contract["metrics"]:  # every metric of the contract is checked below
+        assert any(k == name or k.startswith(name + "_") for k in expected), name
     for name, labels in expected.items():
         lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") or ln.startswith(name + " ")]
         assert lines, f"{name} missing"

@@ -75,11 +75,13 @@ class Broken(AssertionError):
 
 
 def chart_rbac() -> dict[str, Any]:
-    """ServiceAccount, ClusterRole and ClusterRoleBinding of `helm template` with default values."""
+    """ServiceAccount, ClusterRole, ClusterRoleBinding and the status ValidatingAdmissionPolicy
+    (+ binding) of `helm template` with default values."""
     from shipping.shiputil import one, render
 
     docs = render()
-    return {kind: one(docs, kind) for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")}
+    return {kind: one(docs, kind) for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                                               "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")}
 
 
 Grant = tuple[str, str, str]     # (apiGroup, resource, verb)
@@ -140,6 +142,8 @@ def start_env(rbac: dict[str, Any], rules: list[dict[str, Any]], archive_dir: Pa
     from controller.devcluster import DevCluster
 
     cluster = DevCluster().start()
+    # as on OpenShift: blockOwnerDeletion needs `update` on agents/finalizers
+    cluster.admission.owner_references_permission_enforcement = True
     try:
         cluster.apply_file(str(CRD))
         sa = copy.deepcopy(rbac["ServiceAccount"])
@@ -150,6 +154,10 @@ def start_env(rbac: dict[str, Any], rules: list[dict[str, Any]], archive_dir: Pa
         role["rules"] = rules
         cluster.create(role)
         cluster.create(copy.deepcopy(rbac["ClusterRoleBinding"]))
+        # the status write policy is on, as in the chart: the controller's writes (as its
+        # ServiceAccount) and the agents' reports (as theirs) must pass it
+        cluster.create(copy.deepcopy(rbac["ValidatingAdmissionPolicy"]))
+        cluster.create(copy.deepcopy(rbac["ValidatingAdmissionPolicyBinding"]))
         token = cluster.service_account_token(ns, name)
     except BaseException:
         cluster.stop()

@@ -30,28 +30,17 @@ VENV_PYTHON = TOOLS / "venv" / "bin" / "python"
 RELEASE = "agent-controller"
 NAMESPACE = "agent-controller"
 
-# SPEC §5, exactly.
-SPEC_METRICS = {
-    "agent_controller_agents": "gauge",
-    "agent_controller_phase_transitions_total": "counter",
-    "agent_controller_cleanups_total": "counter",
-    "agent_controller_cleanup_duration_seconds": "histogram",
-    "agent_controller_leaked_resources": "gauge",
-    "agent_controller_leaks_detected_total": "counter",
-    "agent_controller_leaks_reaped_total": "counter",
-    "agent_controller_archived_bytes_total": "counter",
-    "agent_controller_archive_errors_total": "counter",
-    "agent_controller_sweep_duration_seconds": "histogram",
-    "agent_controller_last_sweep_success_timestamp_seconds": "gauge",
-}
+# The parts of the product contract these tests check, kept in the repository (data/contract.yaml).
+CONTRACT: dict[str, Any] = yaml.safe_load((DATA / "contract.yaml").read_text())
+CONTRACT_METRICS: dict[str, str] = {name: m["type"] for name, m in CONTRACT["metrics"].items()}
 
 
 def exposed_metric_names() -> set[str]:
-    """Every series name Prometheus can hold for the SPEC §5 metrics: counters as declared
+    """Every series name Prometheus can hold for the contract's metrics: counters as declared
     (`..._total`, prometheus_client also exports `..._created`), histograms as
     `_bucket`/`_sum`/`_count`, gauges as declared."""
     names: set[str] = set()
-    for name, kind in SPEC_METRICS.items():
+    for name, kind in CONTRACT_METRICS.items():
         if kind == "histogram":
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
         else:
@@ -192,6 +181,7 @@ MATRIX: dict[str, dict[str, Any]] = {
         "watchNamespaces": ["team-a", "team-b"],
         "archive": {"persistence": {"accessModes": ["ReadWriteMany"], "storageClass": "nfs"}},
     },
+    "baseline-no-status-policy": {"podSecurity": "baseline", "statusPolicy": {"enabled": False}},
 }
 
 # prometheus-operator kinds: no schema in kubernetes-validate, checked against data/*.schema.json.
@@ -199,7 +189,6 @@ MONITORING_KINDS = {
     "ServiceMonitor": "servicemonitor.schema.json",
     "PrometheusRule": "prometheusrule.schema.json",
 }
-PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
 
 
 def promql_analyse(exprs: list[str]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import yaml
 
 from .shiputil import (
     CHART,
+    CONTRACT,
     MATRIX,
     NAMESPACE,
     ROOT,
@@ -34,6 +35,8 @@ EXPECTED_RULES = [
         "verbs": ["get", "list", "watch", "patch", "delete"],
     },
     {"apiGroups": ["agentcontroller.dev"], "resources": ["agents/status"], "verbs": ["get", "patch"]},
+    # blockOwnerDeletion on the children's ownerReferences (OwnerReferencesPermissionEnforcement)
+    {"apiGroups": ["agentcontroller.dev"], "resources": ["agents/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {
@@ -50,16 +53,15 @@ EXPECTED_RULES = [
     # never used (tests/rbac: the scenarios pass without `patch` and without events.k8s.io).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
-PEERING_CLUSTER_RULE = {
-    "apiGroups": ["kopf.dev"],
-    "resources": ["clusterkopfpeerings"],
-    "verbs": ["get", "list", "watch", "patch"],
-}
-PEERING_NAMESPACED_RULE = {
-    "apiGroups": ["kopf.dev"],
-    "resources": ["kopfpeerings"],
-    "verbs": ["get", "list", "watch", "patch"],
-}
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [FULLNAME],
+     "verbs": ["get", "update"]},
+]
+POLICY = f"{FULLNAME}-status-writers"
+
+
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,10 +123,12 @@ def test_default_install_objects() -> None:
             ("PersistentVolumeClaim", f"{FULLNAME}-archive"),
             ("Service", FULLNAME),
             ("Deployment", FULLNAME),
+            ("ValidatingAdmissionPolicy", POLICY),
+            ("ValidatingAdmissionPolicyBinding", POLICY),
         ]
     )
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
         labels = doc["metadata"]["labels"]
         # The sweep reaps objects labelled managed-by=agent-controller: never the controller itself.
@@ -181,7 +185,8 @@ def test_deployment_security_probes_resources() -> None:
 def test_default_controller_flags() -> None:
     args = container(render())["args"]
     assert "--all-namespaces" in args
-    assert "--namespace" not in args and "--peering" not in args
+    assert "--namespace" not in args and "--peering" not in args and "--leader-election" not in args
+    assert flag_values(args, "--pod-security") == ["restricted"]
     assert flag_values(args, "--archive-dir") == [ARCHIVE_DIR]
     assert flag_values(args, "--metrics-port") == ["9102"]
     assert flag_values(args, "--health-port") == ["8081"]
@@ -206,18 +211,21 @@ def test_flags_follow_values() -> None:
 
 
 def test_controller_cli_accepts_the_rendered_arguments() -> None:
-    """The chart's args parse with the real `agent-controller run` parser (when it exists)."""
+    """The chart's args parse with the real `agent-controller run` parser."""
     cli = pytest.importorskip("controller.cli")
-    build_parser = getattr(cli, "build_parser", None)
-    if build_parser is None:
-        pytest.skip("controller.cli.build_parser is not there yet")
-    for case in ("default", "watch-namespaces", "ha", "ha-namespaced"):
+    parser = cli.build_parser()
+    run = next(a for a in parser._actions if a.dest and a.choices and "run" in a.choices).choices["run"]
+    known = {o for a in run._actions for o in a.option_strings}
+    missing = [f for f in ("--pod-security", "--leader-election") if f not in known]
+    if missing:
+        pytest.skip(f"controller.cli has no {', '.join(missing)} yet (the chart passes them)")
+    for case in ("default", "watch-namespaces", "ha", "ha-namespaced", "baseline-no-status-policy"):
         args = container(render(MATRIX[case]))["args"]
-        parsed = build_parser().parse_args(["run", *args])
+        parsed = parser.parse_args(["run", *args])
         if case in ("watch-namespaces", "ha-namespaced"):
             assert parsed.namespace == ["team-a", "team-b"]
-        if case.startswith("ha"):
-            assert parsed.peering == FULLNAME
+        assert parsed.leader_election is case.startswith("ha")
+        assert parsed.pod_security == ("baseline" if case.startswith("baseline") else "restricted")
 
 
 def test_pvc_kept_on_uninstall() -> None:
@@ -334,47 +342,112 @@ def test_alert_rules_follow_values() -> None:
         assert r["labels"]["severity"] in ("warning", "critical")
 
 
-def test_ha_peering() -> None:
+def leader_election_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == f"{FULLNAME}-leader-election"]
+    return role
+
+
+def test_ha_leader_election() -> None:
     docs = render(MATRIX["ha"])
     deploy = one(docs, "Deployment")
     assert deploy["spec"]["replicas"] == 2
     assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
-    args = container(docs)["args"]
-    assert flag_values(args, "--peering") == [FULLNAME]
-    peering = one(docs, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert peering["metadata"]["name"] == FULLNAME
-    assert one(docs, "ClusterRole")["rules"] == EXPECTED_RULES + [PEERING_CLUSTER_RULE]
+    c = container(docs)
+    assert "--leader-election" in c["args"] and "--peering" not in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AGENT_CONTROLLER_LEASE_NAME"]["value"] == FULLNAME
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    role = leader_election_role(docs)
+    assert role["metadata"]["namespace"] == NAMESPACE and role["rules"] == LEASE_RULES
+    (binding,) = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["name"] == f"{FULLNAME}-leader-election"]
+    assert binding["roleRef"]["name"] == f"{FULLNAME}-leader-election"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert one(docs, "ClusterRole")["rules"] == EXPECTED_RULES, "no kopf peering rule any more"
+    assert not {"ClusterKopfPeering", "KopfPeering"} & {d["kind"] for d in docs}
     assert one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert "High availability" in render_notes(MATRIX["ha"])
+    notes = render_notes(MATRIX["ha"])
+    assert "High availability" in notes and f'Lease "{FULLNAME}"' in notes
 
 
-def test_ha_namespaced_peering() -> None:
+def test_ha_namespaced_leader_election() -> None:
     docs = render(MATRIX["ha-namespaced"])
-    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
-    assert not by_kind(docs, "ClusterKopfPeering")
-    for role in by_kind(docs, "Role"):
-        assert role["rules"] == EXPECTED_RULES + [PEERING_NAMESPACED_RULE]
-    assert flag_values(container(docs)["args"], "--peering") == [FULLNAME]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
+    assert set(roles) == {("team-a", FULLNAME), ("team-b", FULLNAME), (NAMESPACE, f"{FULLNAME}-leader-election")}
+    assert roles[("team-a", FULLNAME)]["rules"] == EXPECTED_RULES
+    assert "--leader-election" in container(docs)["args"]
 
 
-def test_peering_crds_shipped() -> None:
-    names = {d["metadata"]["name"] for d in load_yaml_docs(CHART / "crds" / "kopfpeerings.kopf.dev.yaml")}
-    assert names == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+def test_single_replica_has_no_lease_permissions() -> None:
+    docs = render()
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_peering_objects_match_their_crd() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    crds = {
-        d["spec"]["names"]["kind"]: d for d in load_yaml_docs(CHART / "crds" / "kopfpeerings.kopf.dev.yaml")
-    }
-    for case in ("ha", "ha-namespaced"):
-        for doc in render(MATRIX[case]):
-            if doc["kind"] in crds:
-                crd = crds[doc["kind"]]
-                assert doc["apiVersion"] == f"{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}"
-                assert ("namespace" in doc["metadata"]) == (crd["spec"]["scope"] == "Namespaced")
-                jsonschema.validate(doc, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+def test_lease_name_values_stay_compatible() -> None:
+    """peering.name of chart versions that used kopf peering still names the Lease."""
+    base = MATRIX["ha"]
+    for extra, name in (({"peering": {"name": "old-peering"}}, "old-peering"),
+                        ({"leaderElection": {"leaseName": "my-lease"}, "peering": {"name": "old"}}, "my-lease")):
+        docs = render({**base, **extra})
+        env = {e["name"]: e.get("value") for e in container(docs)["env"]}
+        assert env["AGENT_CONTROLLER_LEASE_NAME"] == name
+        assert leader_election_role(docs)["rules"][1]["resourceNames"] == [name]
+
+
+def test_only_the_agent_crd_is_shipped() -> None:
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["agents.agentcontroller.dev.yaml"]
+
+
+def test_pod_security_value() -> None:
+    for level in ("restricted", "baseline", "privileged"):
+        args = container(render({"podSecurity": level}))["args"]
+        assert flag_values(args, "--pod-security") == [level]
+        assert f'level "{level}"' in render_notes({"podSecurity": level})
+
+
+# --- the status ValidatingAdmissionPolicy -----------------------------------------------------------
+
+
+def test_status_policy_lets_only_the_controller_write_its_fields() -> None:
+    docs = render()
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [{
+        "apiGroups": ["agentcontroller.dev"], "apiVersions": ["*"], "operations": ["UPDATE"],
+        "resources": ["agents/status"]}]
+    controller = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+    assert spec["matchConditions"] == [{"name": "not-the-controller",
+                                        "expression": f"request.userInfo.username != '{controller}'"}]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    writers = CONTRACT["statusWriters"]
+    for field in writers["controllerOnly"]:
+        assert f"'{field}'" in variables["controllerFields"], field
+    for field in writers["anyone"]:
+        assert f"'{field}'" in variables["agentFields"], field
+    phases = spec["validations"][1]["expression"]
+    for phase in writers["phasesAnyoneMaySet"]:
+        assert f"'{phase}'" in phases
+    assert "'Pending'" not in phases and "'Terminated'" not in phases
+    for v in spec["validations"]:
+        assert v["reason"] == "Forbidden" and "messageExpression" in v
+    assert controller in spec["validations"][0]["messageExpression"]
+    assert binding["spec"] == {"policyName": POLICY, "validationActions": ["Deny"]}
+
+
+def test_status_policy_follows_values() -> None:
+    docs = render({"serviceAccount": {"name": "ctl"}, "watchNamespaces": ["team-a"],
+                   "statusPolicy": {"validationActions": ["Warn", "Audit"]}})
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    assert "system:serviceaccount:agent-controller:ctl" in policy["spec"]["matchConditions"][0]["expression"]
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
+    assert binding["spec"]["matchResources"] == {"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}]}}
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & {
+        d["kind"] for d in render(MATRIX["baseline-no-status-policy"])}
 
 
 # --- NOTES.txt -------------------------------------------------------------------------------------
@@ -387,6 +460,14 @@ def test_notes_first_agent_and_metrics() -> None:
     assert "9102" in notes and "/metrics" in notes
     assert f"service/{FULLNAME}" in notes
     assert "{{" not in notes
+
+
+def test_notes_upgrade_and_uninstall_steps() -> None:
+    notes = render_notes()
+    assert "never updates the CRD" in notes and "kubectl apply --server-side --force-conflicts" in notes
+    delete, uninstall = "kubectl delete agents --all --all-namespaces --wait", "helm uninstall agent-controller"
+    assert delete in notes and uninstall in notes and notes.index(delete) < notes.index(uninstall)
+    assert "agentcontroller.dev/cleanup" in notes and "agent-controller uninstall --release-finalizers" in notes
 
 
 def test_notes_first_agent_is_a_valid_agent(crd_schema: dict[str, Any]) -> None:
@@ -402,10 +483,9 @@ def test_notes_first_agent_is_a_valid_agent(crd_schema: dict[str, Any]) -> None:
 REJECTED = {
     "negative sweep interval": ({"sweepInterval": -5}, ["sweepInterval", "greater than or equal to 1"]),
     "unknown log format": ({"logFormat": "xml"}, ["logFormat", '"text", "json"']),
-    "replicas > 1 with a ReadWriteOnce claim": (
-        {"replicas": 2},
-        ["replicas: Must be less than or equal to 1", "accessModes", '"ReadWriteMany"'],
-    ),
+    "unknown pod security level": ({"podSecurity": "strict"}, ["podSecurity", '"restricted", "baseline", "privileged"']),
+    "Deny and Warn together": ({"statusPolicy": {"validationActions": ["Deny", "Warn"]}},
+                               ["statusPolicy.validationActions"]),
     "non-string image tag": ({"image": {"tag": 1.5}}, ["image.tag", "Expected: string"]),
     "unknown value": ({"sweepIntervall": 30}, ["sweepIntervall", "not allowed"]),
 }
@@ -440,7 +520,20 @@ def test_values_schema_accepts(case: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_template_guard_without_schema_validation() -> None:
-    proc = helm_template({"replicas": 2}, "--skip-schema-validation", check=False)
-    assert proc.returncode != 0
-    assert "ReadWriteMany" in proc.stderr
+REPLICAS_MESSAGE = (
+    "replicas=2: more than one replica is supported (the replicas elect a leader through a Lease, "
+    "--leader-election), but every replica mounts the archive volume, and the chart's claim is ReadWriteOnce. "
+    "Also set archive.persistence.accessModes={ReadWriteMany}"
+)
+
+
+@pytest.mark.parametrize("extra", [(), ("--skip-schema-validation",)])
+def test_replicas_with_a_read_write_once_claim_says_what_to_change(extra: tuple[str, ...]) -> None:
+    """`--set replicas=2` alone: refused, saying what else to set (not "Must be less than or equal to 1")."""
+    proc = helm_template({"replicas": 2}, *extra, check=False)  # what `helm install` runs
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert REPLICAS_MESSAGE in output, output
+    assert "existingClaim" in output and "Must be less than or equal to 1" not in output
+    lint = helm_lint({"replicas": 2}, *extra)  # lint reports a template's fail() as [INFO]
+    assert REPLICAS_MESSAGE in lint.stdout + lint.stderr

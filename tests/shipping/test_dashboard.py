@@ -1,5 +1,5 @@
 """The Grafana dashboard: valid against Grafana's dashboard schema, every query parses as PromQL
-and uses only SPEC §5 metrics, and it covers what an operator needs to see."""
+and uses only the contract's metrics (data/contract.yaml), and it covers what an operator needs to see."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .shiputil import CHART, DATA, ROOT, SPEC_METRICS, exposed_metric_names, promql_analyse
+from .shiputil import CHART, DATA, ROOT, CONTRACT_METRICS, exposed_metric_names, promql_analyse
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "agent-controller-dashboard.json"
 
@@ -70,7 +70,7 @@ def test_queries_parse_and_use_only_spec_metrics() -> None:
         assert result["error"] is None, f"{title}: {expr}: {result['error']}"
         assert result["metrics"], f"{title}: {expr}"
         unknown = set(result["metrics"]) - exposed_metric_names()
-        assert not unknown, f"{title}: metrics not in SPEC §5: {unknown}"
+        assert not unknown, f"{title}: metrics not in the contract: {unknown}"
         for name in result["metrics"]:
             if name.endswith("_bucket"):
                 assert "histogram_quantile" in expr, (
@@ -108,7 +108,7 @@ def test_dashboard_covers_the_operators_questions() -> None:
     assert "by (kind, reason)" in text and 'result="failure"' in text and "by (trigger)" in text
     used = set(re.findall(r"agent_controller_\w+", text))
     base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
-    assert base == set(SPEC_METRICS), f"metrics never shown: {set(SPEC_METRICS) - base}"
+    assert base == set(CONTRACT_METRICS), f"metrics never shown: {set(CONTRACT_METRICS) - base}"
 
 
 def test_unique_panel_ids_and_grid() -> None:

@@ -84,3 +84,39 @@ def test_install_doc_covers_the_lifecycle() -> None:
         "agentcontroller.dev/cleanup",
     ]:
         assert needle in text, needle
+
+
+def test_install_doc_stands_on_its_own() -> None:
+    """Users have the docs, not the project's internal contract: no "SPEC §5" or any SPEC section."""
+    for doc in (DOC, ROOT / "README.md"):
+        assert not re.search(r"\bSPEC\b", doc.read_text()), doc
+
+
+def test_security_sections() -> None:
+    from controller import podsecurity
+
+    install = DOC.read_text()
+    readme = (ROOT / "README.md").read_text()
+    for text in (install, readme):
+        section = text.split("## Security", 1)[1].split("\n## ", 1)[0]
+        for needle in ("Kubernetes 1.30", "restricted", "baseline", "privileged", "InvalidSpec",
+                       "ValidatingAdmissionPolicy", "cleanup", "Succeeded", "agent's own"):
+            assert needle in section, needle
+    section = install.split("## Security", 1)[1].split("\n## ", 1)[0]
+    for needle in ("### Threat model", "### What creating an Agent allows", "### Who may write what in the status",
+                   "administrator", "Agent creators", "--pod-security", "podSecurity", "statusPolicy"):
+        assert needle in section, needle
+    table = section.split("<!-- pod-security-table:start -->", 1)[1].split("<!-- pod-security-table:end -->", 1)[0]
+    rows = [line for line in table.strip().splitlines()[2:]]
+    assert len(rows) == len(podsecurity.CONTROLS), "one row per control of controller/podsecurity.py"
+    for row, control in zip(rows, podsecurity.CONTROLS):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        at = "restricted" if control.level == podsecurity.RESTRICTED else "baseline, restricted"
+        assert cells[:3] == [control.title, control.source, at], row
+
+
+def test_uninstall_way_out_is_documented() -> None:
+    text = DOC.read_text()
+    assert "<!-- release-finalizers:start -->" in text and "agent-controller uninstall --release-finalizers" in text
+    assert "Retain" in text and "manifests/archive-pvc.yaml" in text and "manifests/namespace.yaml" in text
+    assert "kubectl apply --server-side --force-conflicts -f manifests/crd.yaml" in text

@@ -1,5 +1,5 @@
 """Alert rules: promtool check + unit tests, one source for the PrometheusRule and the plain file,
-every expression parses and uses only SPEC §5 metrics (and `up`), each alert is actionable."""
+every expression parses and uses only the contract's metrics (data/contract.yaml) (and `up`), each alert is actionable."""
 
 from __future__ import annotations
 
@@ -69,4 +69,4 @@ def test_rule_expressions_parse_and_use_spec_metrics() -> None:
         assert result["error"] is None, result
         assert result["metrics"], result
         unknown = set(result["metrics"]) - allowed
-        assert not unknown, f"{result['expr']}: metrics not in SPEC §5: {unknown}"
+        assert not unknown, f"{result['expr']}: metrics not in the contract: {unknown}"

@@ -1,5 +1,5 @@
 """Every rendered object is valid Kubernetes: kubernetes-validate --strict (no unknown fields) for
-Kubernetes 1.29 and 1.33; prometheus-operator kinds against a minimal schema of our own; the
+Kubernetes 1.30 (the minimum: ValidatingAdmissionPolicy v1) and 1.37; prometheus-operator kinds against a minimal schema of our own; the
 rendered output and the shipped YAML pass yamllint."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from .shiputil import (
     DATA,
     MATRIX,
     MONITORING_KINDS,
-    PEERING_KINDS,
     ROOT,
     load_yaml_docs,
     render,
@@ -25,15 +24,14 @@ from .shiputil import (
     tool,
 )
 
-KUBERNETES_VERSIONS = ["1.29.0", "1.33.0"]
+KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
+SHIPPED_MANIFESTS = ["crd.yaml", "namespace.yaml", "archive-pvc.yaml", "install.yaml"]
 
 
 def _write_cases(tmp: pathlib.Path) -> list[pathlib.Path]:
     files = []
     for case, values in MATRIX.items():
-        docs = [
-            d for d in render(values) if d["kind"] not in MONITORING_KINDS and d["kind"] not in PEERING_KINDS
-        ]
+        docs = [d for d in render(values) if d["kind"] not in MONITORING_KINDS]
         path = tmp / f"{case}.yaml"
         path.write_text(yaml.safe_dump_all(docs))
         files.append(path)
@@ -46,7 +44,7 @@ def test_kubernetes_validate_strict(version: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = _write_cases(pathlib.Path(tmp))
         files += sorted((CHART / "crds").glob("*.yaml"))
-        files += [ROOT / "manifests" / "crd.yaml", ROOT / "manifests" / "install.yaml"]
+        files += [ROOT / "manifests" / name for name in SHIPPED_MANIFESTS]
         proc = run([validate, "--strict", "--kubernetes-version", version, *map(str, files)], check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -97,7 +95,7 @@ def test_yamllint_rendered_and_shipped_yaml() -> None:
             path.write_text(render_text(MATRIX[case]))
             rendered.append(path)
         shipped = [
-            ROOT / "manifests" / "install.yaml",
+            *(ROOT / "manifests" / name for name in SHIPPED_MANIFESTS),
             ROOT / "deploy" / "prometheus" / "agent-controller-rules.yaml",
             ROOT / "deploy" / "prometheus" / "tests.yaml",
             CHART / "values.yaml",
@@ -113,14 +111,33 @@ def test_install_yaml_is_the_default_install() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         [
-            "Namespace",
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
-            "PersistentVolumeClaim",
             "Service",
             "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
     )
-    ns = next(d for d in docs if d["kind"] == "Namespace")
+    # the same objects as the chart's default install, but the claim
+    chart = {(d["kind"], d["metadata"]["name"]): d for d in render() if d["kind"] != "PersistentVolumeClaim"}
+    assert {(d["kind"], d["metadata"]["name"]): d for d in docs} == chart
+
+
+def test_delete_install_yaml_never_deletes_the_archive() -> None:
+    """`kubectl delete -f manifests/install.yaml` deletes neither the claim nor the namespace that
+    holds it (deleting a namespace deletes its claims): both are files of their own."""
+    kinds = {d["kind"] for d in load_yaml_docs(ROOT / "manifests" / "install.yaml")}
+    assert not kinds & {"Namespace", "PersistentVolumeClaim"}
+    (ns,) = load_yaml_docs(ROOT / "manifests" / "namespace.yaml")
+    assert ns["kind"] == "Namespace" and ns["metadata"]["name"] == "agent-controller"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    (pvc,) = load_yaml_docs(ROOT / "manifests" / "archive-pvc.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["metadata"]["namespace"] == "agent-controller"
+    deploy = next(d for d in load_yaml_docs(ROOT / "manifests" / "install.yaml") if d["kind"] == "Deployment")
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in deploy["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert claims == [pvc["metadata"]["name"]]
+    assert "persistentVolumeReclaimPolicy" in (ROOT / "manifests" / "archive-pvc.yaml").read_text()
+    assert sorted(p.name for p in (ROOT / "manifests").glob("*.yaml")) == sorted(SHIPPED_MANIFESTS)

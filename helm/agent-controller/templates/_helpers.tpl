@@ -59,13 +59,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* "true" when the replicas peer through kopf (more than one replica), else "". */}}
-{{- define "agent-controller.peeringEnabled" -}}
+{{/* "true" when the replicas elect a leader (more than one replica), else "". */}}
+{{- define "agent-controller.leaderElection" -}}
 {{- if gt (int .Values.replicas) 1 }}true{{ end }}
 {{- end }}
 
-{{- define "agent-controller.peeringName" -}}
-{{- default (include "agent-controller.fullname" .) .Values.peering.name }}
+{{/*
+Name of the leader-election Lease (in the release namespace): leaderElection.leaseName, else the
+deprecated peering.name (values of chart versions that used kopf peering), else the full name.
+*/}}
+{{- define "agent-controller.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default .Values.peering.name | default (include "agent-controller.fullname" .) }}
 {{- end }}
 
 {{/* The `job` label Prometheus gives the controller's metrics: the Service name, unless set. */}}

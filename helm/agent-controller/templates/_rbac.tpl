@@ -10,6 +10,9 @@ Roles (watchNamespaces), so the two cannot drift. Exactly what the controller ca
   `bind` is needed (that is also the only reason for `get` on agents/status: the controller never
   reads it, but RBAC lets it grant only what it holds). `get` on the ConfigMaps and credentials:
   a retried creation that meets its own object (409) reads it to check the owner;
+- agents/finalizers: `update`. Every child carries an ownerReference with blockOwnerDeletion: true;
+  where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift and others)
+  setting it needs `update` on the owner's finalizers subresource;
 - events (core/v1): `create` only. The controller's Events (cleanup.post_event) and kopf's are
   always new objects (POST); neither patches Events nor uses events.k8s.io, so `patch` and the
   events.k8s.io rule were removed (tests/rbac proves the scenarios pass without them).
@@ -26,6 +29,9 @@ scenarios break.
 - apiGroups: ["agentcontroller.dev"]
   resources: ["agents/status"]
   verbs: ["get", "patch"]
+- apiGroups: ["agentcontroller.dev"]
+  resources: ["agents/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
@@ -44,12 +50,16 @@ scenarios break.
 {{- end }}
 
 {{/*
-kopf peering (replicas > 1): the replicas keep their liveness in one peering object and watch
-it. Cluster-wide controllers use ClusterKopfPeering, namespaced ones a KopfPeering per namespace.
-Argument: "cluster" or "namespaced".
+Leader election (replicas > 1, `--leader-election`): one coordination.k8s.io/v1 Lease in the
+release namespace, named after the release. `create` cannot be limited by name (the object does not
+exist yet); `get` and `update` are limited to that one Lease.
 */}}
-{{- define "agent-controller.peeringRule" -}}
-- apiGroups: ["kopf.dev"]
-  resources: [{{ if eq . "cluster" }}"clusterkopfpeerings"{{ else }}"kopfpeerings"{{ end }}]
-  verbs: ["get", "list", "watch", "patch"]
+{{- define "agent-controller.leaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "agent-controller.leaseName" . | quote }}]
+  verbs: ["get", "update"]
 {{- end }}
