@@ -78,14 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run as one of several replicas: act only while holding a coordination.k8s.io Lease")
     run_p.add_argument("--leader-election-namespace", default=None, metavar="NS",
                        help="namespace of the Lease (default: $POD_NAMESPACE, else the service account's)")
-    run_p.add_argument("--leader-election-id", default="agent-controller", metavar="NAME",
-                       help="name of the Lease (%(default)s)")
+    run_p.add_argument("--leader-election-id", default=os.environ.get("AGENT_CONTROLLER_LEASE_NAME", "agent-controller"),
+                       metavar="NAME", help="name of the Lease (env AGENT_CONTROLLER_LEASE_NAME; %(default)s)")
     run_p.add_argument("--leader-election-lease-duration", type=positive_float, default=15.0, metavar="S",
                        help="how long a standby waits after the leader's last renewal before taking over (%(default)s)")
     run_p.add_argument("--leader-election-renew-deadline", type=positive_float, default=10.0, metavar="S",
                        help="the leader stops acting if it could not renew for this long (%(default)s)")
     run_p.add_argument("--leader-election-retry-period", type=positive_float, default=2.0, metavar="S",
                        help="how often to renew, or to try to acquire (%(default)s)")
+
+    un_p = sub.add_parser("uninstall", help="before (or after) uninstalling: the Agents the finalizer still holds")
+    un_p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                      help="only this namespace (repeatable; default: all)")
+    un_p.add_argument("--release-finalizers", action="store_true",
+                      help="remove agentcontroller.dev/cleanup from Agents being deleted (their logs are NOT "
+                           "archived): the way out when the controller is gone")
+    un_p.add_argument("--all", action="store_true", help="with --release-finalizers: also from Agents not being deleted")
+    un_p.add_argument("--dry-run", action="store_true", help="list what would be released, change nothing")
+    un_p.add_argument("--kubeconfig", default=None)
+    un_p.add_argument("--context", default=None)
 
     from .demo import add_demo_parser
 
@@ -125,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(args)
+    if args.command == "uninstall":
+        return _uninstall(args)
     setup_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     _raise_open_files_limit()
     _without_kubernetes_client()
@@ -155,6 +168,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agent-controller: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from .kube.client import ClientConfig
+    from .uninstall import uninstall_command
+
+    try:
+        config = ClientConfig.load(args.kubeconfig, args.context)
+        return asyncio.run(uninstall_command(config, args.namespace or None, release=args.release_finalizers,
+                                             all_agents=args.all, dry_run=args.dry_run, out=sys.stdout))
+    except OSError as exc:
+        print(f"agent-controller: {exc}", file=sys.stderr)
+        return 2
 
 
 def _without_kubernetes_client() -> None:
