@@ -682,7 +682,7 @@ class ApiServer:
 
     def _authenticate(self, request: web.Request) -> UserInfo | None:
         h = request.headers.get("Authorization", "")
-        if not h.startswith("Bearer "):
+        if h[:7].lower() != "bearer ":      # the scheme is case-insensitive (the Python client sends "bearer")
             return None
         token = h[7:].strip()
         return self.auth.authenticate(token, self._sa_exists)
@@ -1515,6 +1515,7 @@ class DevCluster:
         self._sock = sock
         material = tls_material() if self._tls else None
         if material is not None:
+            self.store.root_ca_pem = material[0].decode()
             import tempfile
 
             d = tempfile.mkdtemp(prefix="devcluster-tls-")

@@ -128,7 +128,7 @@ class Host(Protocol):
     def api_endpoint(self) -> ApiEndpoint:
         """How the pod reaches the API server."""
 
-    def lose(self, pod: SimPod) -> None:
+    def lose_requested(self, pod: SimPod) -> None:
         """The pod asked for its node to be lost (annotation or ``loseNode`` step)."""
 
 
@@ -449,9 +449,11 @@ class NodeRuntime:
     def add(self, obj: dict[str, Any]) -> SimPod:
         """A pod bound to this node appeared; it starts after the start delay."""
         self._ip += 1
-        ip = f"10.{244 + (self.pod_cidr >> 8) % 12}.{self.pod_cidr & 255}.{self._ip % 254 + 1}" if self.pod_cidr else (
-            f"10.244.{(self._ip >> 8) & 255}.{self._ip & 255}"
-        )
+        if self.pod_cidr:     # node N: 10.N.x.y
+            n = self._ip % 65534 + 1
+            ip = f"10.{self.pod_cidr & 255}.{n >> 8}.{n & 255}"
+        else:
+            ip = f"10.244.{(self._ip >> 8) & 255}.{self._ip & 255}"
         p = SimPod(obj, ip, self.host.node_name, self.container_log_max_size)
         key = p.key
         self.pods[key] = p
@@ -524,7 +526,7 @@ class NodeRuntime:
 
     def _lose_requested(self, p: SimPod) -> None:
         if self.alive(p) and not p.lost:
-            self.host.lose(p)
+            self.host.lose_requested(p)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -165,7 +165,7 @@ class EmulatorKubelet:
         return ApiEndpoint(url=self._base_url(), ssl=None, service_host=host, service_port=int(port),
                            ca_pem=self._ca_pem() or b"")
 
-    def lose(self, p: SimPod) -> None:
+    def lose_requested(self, p: SimPod) -> None:
         self.runtime.lose_pod(p)
 
     # ------------------------------------------------------------------ public (thread-safe)
@@ -268,7 +268,7 @@ class EmulatorKubelet:
 
         st = _store()
         q = request.query
-        opts = _log_options(q)
+        opts = _log_options(q, name)
         container = _validate_container(pod_obj, q.get("container") or None)
         previous = _truthy(q.get("previous"))
         p = self.runtime.pods.get((ns, name))
@@ -279,10 +279,7 @@ class EmulatorKubelet:
             url = f"https://{self.host_ip}:{KUBELET_PORT}/containerLogs/{ns}/{name}/{quote(container)}" + (
                 "?" + params if params else ""
             )
-            raise st.ApiError(
-                500, "InternalError",
-                f'Get "{url}": dial tcp {self.host_ip}:{KUBELET_PORT}: connect: connection refused',
-            )
+            raise st.ApiError(500, "", f'Get "{url}": dial tcp {self.host_ip}:{KUBELET_PORT}: connect: connection refused')
         try:
             c, inst = self.runtime.log_for(p, container, previous)
         except LogUnavailable as e:
@@ -385,49 +382,55 @@ def _int_param(q: Any, name: str) -> int | None:
     try:
         return int(q[name])
     except ValueError:
-        raise _store().bad_request(f"{name} must be an integer") from None
+        raise _store().bad_request(f'strconv.ParseInt: parsing "{q[name]}": invalid syntax') from None
 
 
-def _log_options(q: Any) -> LogQuery:
-    """PodLogOptions as kube-apiserver validates them (422 Invalid with its messages)."""
+def _invalid(name: str, causes: list[tuple[str, str, str]]) -> Exception:
+    """422 Invalid for PodLogOptions, as kube-apiserver words it: causes are (field, reason, message)."""
+    texts = [f"{f}: {m}" for f, _, m in causes]
+    joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    details = {"name": name, "kind": "PodLogOptions",
+               "causes": [{"reason": r, "message": m, "field": f} for f, r, m in causes]}
+    return _store().ApiError(422, "Invalid", f'PodLogOptions "{name}" is invalid: {joined}', details)
+
+
+def _log_options(q: Any, name: str) -> LogQuery:
+    """PodLogOptions as kube-apiserver v1.37 validates them (its messages; the ``stream`` option's
+    feature gate PodLogsQuerySplitStreams is off there by default)."""
     st = _store()
     tail = _int_param(q, "tailLines")
     limit = _int_param(q, "limitBytes")
     since_s = _int_param(q, "sinceSeconds")
     since_t = q.get("sinceTime")
-    errs: list[str] = []
-    if tail is not None and tail < 0:
-        errs.append(f"tailLines: Invalid value: {tail}: must be greater than or equal to 0")
-    if limit is not None and limit < 1:
-        errs.append("limitBytes: Invalid value: must be greater than 0")
-    if since_s is not None and since_s < 1:
-        errs.append("sinceSeconds: Invalid value: must be greater than 0")
-    if since_s is not None and since_t is not None:
-        errs.append("sinceSeconds: Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified")
-    stream = q.get("stream")
-    if stream is not None and stream not in ("All", "Stdout", "Stderr"):
-        errs.append(f'stream: Unsupported value: "{stream}": supported values: "All", "Stderr", "Stdout"')
-    if stream in ("Stdout", "Stderr") and tail is not None:
-        errs.append("tailLines: Forbidden: `tailLines` and specific `stream` are mutually exclusive for now")
     since_ns: int | None = None
     if since_t is not None:
-        ns_ = parse_rfc3339_ns(since_t)
-        if ns_ is None:
+        since_ns = parse_rfc3339_ns(since_t)
+        if since_ns is None:
             raise st.bad_request(
                 f'parsing time "{since_t}" as "2006-01-02T15:04:05Z07:00": cannot parse "{since_t}" as "2006"'
             )
-        since_ns = ns_ // 1_000_000_000 * 1_000_000_000     # the API server sends it on with second precision
-    elif since_s is not None:
+        since_ns = since_ns // 1_000_000_000 * 1_000_000_000     # sent on to the kubelet with second precision
+    causes: list[tuple[str, str, str]] = []
+    if tail is not None and tail < 0:
+        causes.append(("tailLines", "FieldValueInvalid", f"Invalid value: {tail}: must be greater than or equal to 0"))
+    if limit is not None and limit < 1:
+        causes.append(("limitBytes", "FieldValueInvalid", f"Invalid value: {limit}: must be greater than 0"))
+    if since_s is not None and since_s < 1:
+        causes.append(("sinceSeconds", "FieldValueInvalid", f"Invalid value: {since_s}: must be greater than 0"))
+    if since_s is not None and since_t is not None:
+        causes.append(("[]", "FieldValueForbidden", "Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified"))
+    if q.get("stream") is not None:
+        causes.append(("stream", "FieldValueForbidden", "Forbidden: may not be specified"))
+    if causes:
+        raise _invalid(name, causes)
+    if since_ns is None and since_s is not None:
         since_ns = time.time_ns() - since_s * 1_000_000_000
-    if errs:
-        raise st.ApiError(422, "Invalid", "; ".join(errs) if len(errs) > 1 else errs[0])
     return LogQuery(
         follow=_truthy(q.get("follow")),
         timestamps=_truthy(q.get("timestamps")),
         since_ns=since_ns,
         tail_lines=tail,
         limit_bytes=limit,
-        stream=stream or "All",
     )
 
 
@@ -455,7 +458,10 @@ def _kubelet_params(q: Any) -> str:
     for key in ("follow", "previous", "timestamps"):
         if _truthy(q.get(key)):
             params.append((key, "true"))
-    for key in ("sinceSeconds", "sinceTime", "tailLines", "limitBytes"):
+    for key in ("sinceSeconds", "tailLines", "limitBytes"):
         if key in q:
             params.append((key, q[key]))
+    if "sinceTime" in q:
+        ns_ = parse_rfc3339_ns(q["sinceTime"]) or 0
+        params.append(("sinceTime", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns_ // 1_000_000_000))))
     return urlencode(sorted(params))

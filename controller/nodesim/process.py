@@ -68,9 +68,14 @@ class LocalProcess:
         self.pgid = proc.pid
 
     def signal(self, sig: int) -> None:
-        """Signal the whole process group (ignores a group that is gone)."""
+        """Deliver ``sig`` as a container runtime does: SIGTERM (any signal but SIGKILL) to the
+        container's main process (its PID 1), SIGKILL to every process of the container (here: its
+        process group). Ignores processes that are gone."""
         try:
-            os.killpg(self.pgid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.pgid, sig)
+            elif self.proc.returncode is None:
+                os.kill(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
