@@ -107,6 +107,7 @@ class PodBehaviour:
         ann: Mapping[str, str] = md.get("annotations") or {}
         containers = [c for c in spec.get("containers") or () if isinstance(c, dict)]
         names = [str(c.get("name", "")) for c in containers]
+        inits = [c for c in spec.get("initContainers") or () if isinstance(c, dict)]
         b = cls()
         default = ann.get(A_DEFAULT_CONTAINER) or ann.get("kubectl.kubernetes.io/default-container") or ""
         b.default_container = default if default in names else (names[0] if names else "")
@@ -163,7 +164,7 @@ class PodBehaviour:
         if A_IGNORE_TERM in sim and str(sim[A_IGNORE_TERM]).strip().lower() not in ("true", "false"):
             b.errors.append(f"{A_IGNORE_TERM}: {sim[A_IGNORE_TERM]!r} is not true or false")
 
-        for c in containers:
+        for c in containers + inits:
             name = str(c.get("name", ""))
             plan = ContainerPlan()
             is_default = name == b.default_container
@@ -203,8 +204,8 @@ class PodBehaviour:
                     plan.waiting_message = sim.get(f"{A_WAITING_MESSAGE}.{name}") or (
                         sim.get(A_WAITING_MESSAGE) if is_default else None
                     )
-            if b.errors and is_default and plan.config_error is None:
-                plan.config_error = "; ".join(b.errors)
+            if b.errors and is_default:
+                plan.config_error = "; ".join(([plan.config_error] if plan.config_error else []) + b.errors)
             b.containers[name] = plan
         return b
 

@@ -469,3 +469,46 @@ def test_agentctl_run_in_local_process_mode_reports_to_its_agent(backend: Backen
     st = backend.json("GET", f"/apis/agentcontroller.dev/v1alpha1/namespaces/{ns}/agents/a1")["status"]
     assert st["phase"] == "Failed", (st, out)
     assert cstatus(backend, ns, pod["metadata"]["name"])["state"]["terminated"]["exitCode"] == 3
+
+
+# --------------------------------------------------------------------------- the annotation set
+
+
+def test_annotation_shortcuts_and_per_container_scripts(backend: Backend, ns: str) -> None:
+    backend.create_pod(ns, "ex", annotations={A + "exit-code": "5", A + "exit-after-seconds": "0.2"})
+    two = [{"name": "sidecar", "image": "proxy:1"}, {"name": "agent", "image": "agent:1"}]
+    backend.create_pod(ns, "multi", containers=two, annotations={
+        A + "default-container": "agent",
+        A + "script": script([{"log": "agent\n"}, {"exit": 0}]),
+        A + "script.sidecar": script([{"log": "sidecar\n"}, {"exit": 0}]),
+    })
+    backend.create_pod(ns, "bad", annotations={A + "script": "{not json", A + "lgo-max-size": "1Mi"})
+    wait_for(lambda: backend.phase(ns, "ex") == "Failed")
+    assert cstatus(backend, ns, "ex")["state"]["terminated"]["exitCode"] == 5
+    wait_for(lambda: backend.phase(ns, "multi") == "Succeeded")
+    assert backend.kubectl("logs", "multi", "-n", ns, "-c", "sidecar").stdout == b"sidecar\n"
+    assert backend.kubectl("logs", "multi", "-n", ns, "-c", "agent").stdout == b"agent\n"
+    wait_for(lambda: cstatus(backend, ns, "bad").get("state", {}).get("waiting", {}).get("reason")
+             == "CreateContainerConfigError")
+    msg = cstatus(backend, ns, "bad")["state"]["waiting"]["message"]
+    assert msg.startswith(A + "script: invalid JSON") and A + "lgo-max-size: unknown annotation" in msg
+
+
+def test_init_containers_run_first_and_the_start_delay(backend: Backend, ns: str) -> None:
+    backend.create_pod(ns, "init", annotations={
+        A + "start-delay-seconds": "0.3",
+        A + "script.setup": script([{"log": "setting up\n"}, {"sleep": 0.3}, {"exit": 0}]),
+        A + "script": script([{"log": "main\n"}, {"exit": 0}]),
+    }, initContainers=[{"name": "setup", "image": "busybox:1.36"}])
+    wait_for(lambda: (status(backend, ns, "init").get("initContainerStatuses") or [{}])[0]
+             .get("state", {}).get("running"), message="the init container runs")
+    st = status(backend, ns, "init")
+    assert st["phase"] == "Pending"
+    assert st["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    init = {c["type"]: c for c in st["conditions"]}["Initialized"]
+    assert (init["status"], init["reason"]) == ("False", "ContainersNotInitialized")
+    wait_for(lambda: backend.phase(ns, "init") == "Succeeded")
+    st = status(backend, ns, "init")
+    assert st["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    assert backend.kubectl("logs", "init", "-n", ns, "-c", "setup").stdout == b"setting up\n"
+    assert backend.kubectl("logs", "init", "-n", ns).stdout == b"main\n"
