@@ -339,6 +339,7 @@ class EmulatorKubelet:
             p = self.runtime.pods.get(key)
             if p is None or p.uid != ev.entry.uid:
                 return
+            p.obj = obj           # share the store's current object (the old one can go)
             md = obj["metadata"]
             if "deletionTimestamp" in md:
                 self.runtime.request_deletion(p, int(md.get("deletionGracePeriodSeconds") or 0))
