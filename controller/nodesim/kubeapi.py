@@ -431,7 +431,9 @@ class ApiNode:
                 except ApiError as e:
                     if e.status in (404, 409):
                         return              # gone, or another pod of that name now
-                    log.warning("node %s: status of %s/%s: %s", self.node_name, p.ns, p.name, e)
+                    log.warning("node %s: status of %s/%s: %s %s", self.node_name, p.ns, p.name, e.status, e)
+                    if 400 <= e.status < 500 and e.status != 429:
+                        return              # refused for good: retrying the same status would not help
                     p.dirty = True
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)

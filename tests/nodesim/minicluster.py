@@ -208,7 +208,7 @@ class MiniCluster:
                 os.killpg(p.pid, signal.SIGTERM)
         for p in self.procs.values():
             try:
-                p.wait(15)
+                p.wait(5)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)

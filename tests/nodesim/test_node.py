@@ -512,3 +512,28 @@ def test_init_containers_run_first_and_the_start_delay(backend: Backend, ns: str
     assert st["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
     assert backend.kubectl("logs", "init", "-n", ns, "-c", "setup").stdout == b"setting up\n"
     assert backend.kubectl("logs", "init", "-n", ns).stdout == b"main\n"
+
+
+def test_report_step_patches_the_agent_status_with_the_pods_token(backend: Backend, ns: str) -> None:
+    root = __import__("conftest").ROOT
+    if backend.name == "real":
+        backend.kubectl("apply", "--server-side", "-f", str(root / "manifests" / "crd.yaml"))
+        backend.kubectl("wait", "--for=condition=Established", "crd/agents.agentcontroller.dev", "--timeout=60s")
+    agent = backend.json("POST", f"/apis/agentcontroller.dev/v1alpha1/namespaces/{ns}/agents",
+                         {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "rep"},
+                          "spec": {"image": "busybox:1.36"}})
+    from controller import children
+
+    for obj in (children.service_account(agent), children.role(agent), children.role_binding(agent)):
+        kind = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}[obj["kind"]]
+        base = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
+        backend.json("POST", f"{base}/namespaces/{ns}/{kind}", obj)
+    pod = children.pod(agent)
+    pod["metadata"]["annotations"] = {A + "script": script([{"report": {"phase": "Working", "progress": 40}},
+                                                            {"log": "reported\n"}, {"sleep": 3600}])}
+    backend.json("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    wait_for(lambda: backend.sim.served_log(ns, "rep") == b"reported\n")
+    st = backend.json("GET", f"/apis/agentcontroller.dev/v1alpha1/namespaces/{ns}/agents/rep")["status"]
+    assert (st["phase"], st["progress"]) == ("Working", 40)
+    rec = [r for r in backend.sim.reports if r["pod"] == "rep" and r["namespace"] == ns]
+    assert [r["code"] for r in rec] == [200]
