@@ -231,6 +231,44 @@ class NodeSimulator:
     def node_names(self) -> list[str]:
         return list(self.nodes)
 
+    def add_node(self, name: str, credentials: ClientConfig | str, **options: Any) -> ApiNode:
+        """Register one more node while running (``options`` override the simulator's node options),
+        e.g. a node of its own for a test that loses it (pin the pod with ``spec.nodeName``, or taint
+        the node and give the pod a toleration)."""
+        if name in self.nodes:
+            raise ValueError(f"node {name} exists")
+        cfg = load_client_config(credentials)
+        cert, key, ca = self._kubelet
+        opts = {**self._options, **options}
+
+        async def go() -> ApiNode:
+            client = KubeClient(cfg, retries=3, timeout=30.0)
+            self._clients.append(client)
+            node = ApiNode(name, client, cert_file=cert, key_file=key, client_ca=ca, index=len(self.nodes) + 1, **opts)
+            await node.start()
+            self.nodes[name] = node
+            await asyncio.wait_for(node.synced.wait(), 60)
+            return node
+
+        node: ApiNode = self._await(go())
+        return node
+
+    def remove_node(self, name: str, *, delete: bool = True) -> None:
+        """Stop a node (its containers end); ``delete`` also deletes its Node object."""
+        node = self.nodes.pop(name)
+
+        async def go() -> None:
+            await node.stop()
+            if delete:
+                from controller.kube.client import ApiError
+
+                try:
+                    await node.client.request("DELETE", f"/api/v1/nodes/{name}")
+                except ApiError:
+                    pass
+
+        self._await(go())
+
     def kubelet_port(self, node: str) -> int:
         return self.nodes[node].server.port
 

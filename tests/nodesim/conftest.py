@@ -205,7 +205,7 @@ def ns(backend: Backend) -> str:
 
 
 @pytest.fixture
-def lossy(request: pytest.FixtureRequest, backend: Backend, tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
+def lossy(backend: Backend) -> Iterator[Callable[..., dict[str, Any]]]:
     """``lossy(ns, name, **pod)``: a pod whose node the test may lose (``backend.lose``). On the real
     backend it runs on a node of its own (tainted, so nothing else lands there), removed afterwards."""
     if backend.name == "emulator":
@@ -214,20 +214,15 @@ def lossy(request: pytest.FixtureRequest, backend: Backend, tmp_path: Path) -> I
 
         yield make_emu
         return
-    from controller.nodesim.sim import NodeSimulator
-
     assert isinstance(backend, RealBackend)
     node = f"lossy-{os.getpid() % 10000}-{next(_ids)}"
     kc = backend.mc.kubeconfig(node, f"system:node:{node}", ("system:nodes",))
-    sim = NodeSimulator({node: kc}, client_ca=backend.mc.kubelet_client_ca, heartbeat_seconds=1.0,
-                        status_seconds=5.0, workdir=str(tmp_path),
-                        taints=[{"key": "sim.agentcontroller.dev/dedicated", "effect": "NoSchedule"}]).start()
+    backend.sim.add_node(node, kc, taints=[{"key": "sim.agentcontroller.dev/dedicated", "effect": "NoSchedule"}])
 
     def lose(ns: str, pod: str) -> None:
-        sim.lose_node(node)
+        backend.sim.lose_node(node)
 
     backend.lose = lose  # type: ignore[method-assign]
-    backend.lossy_sim = sim  # type: ignore[attr-defined]
     backend.lossy_node = node  # type: ignore[attr-defined]
 
     def make(ns: str, name: str, **kw: Any) -> dict[str, Any]:
@@ -236,9 +231,8 @@ def lossy(request: pytest.FixtureRequest, backend: Backend, tmp_path: Path) -> I
     try:
         yield make
     finally:
-        sim.stop()
         del backend.lose  # type: ignore[attr-defined]
-        backend.raw("DELETE", f"/api/v1/nodes/{node}")
+        backend.sim.remove_node(node)
 
 
 def script(steps: list[dict[str, Any]], on_term: list[dict[str, Any]] | None = None) -> str:
