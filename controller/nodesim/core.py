@@ -765,7 +765,7 @@ class NodeRuntime:
             elif nxt is None:
                 self._start_regular(p)
             elif nxt.state == "waiting" and nxt.restart_handle is None and not nxt.last_state and \
-                    nxt.reason in ("ContainerCreating", "PodInitializing"):
+                    nxt.task is None and nxt.reason in ("ContainerCreating", "PodInitializing"):
                 p.set_condition("Initialized", "False", "ContainersNotInitialized",
                                 f"containers with incomplete status: [{' '.join(self._incomplete_init(p))}]")
                 self._start_container(p, nxt)

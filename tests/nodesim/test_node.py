@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import A, Backend, kubectl_bin, script, wait_for
+from ns_helpers import A, Backend, kubectl_bin, script, wait_for
 
 from controller.nodesim import generate_output
 
@@ -443,7 +443,7 @@ def test_local_process_sigterm_goes_to_the_process_group(backend: Backend, ns: s
 def test_agentctl_run_in_local_process_mode_reports_to_its_agent(backend: Backend, ns: str) -> None:
     import shutil
 
-    root = __import__("conftest").ROOT
+    root = __import__("ns_helpers").ROOT
     if backend.name == "real":
         backend.kubectl("apply", "--server-side", "-f", str(root / "manifests" / "crd.yaml"))
         backend.kubectl("wait", "--for=condition=Established", "crd/agents.agentcontroller.dev", "--timeout=60s")
@@ -515,7 +515,7 @@ def test_init_containers_run_first_and_the_start_delay(backend: Backend, ns: str
 
 
 def test_report_step_patches_the_agent_status_with_the_pods_token(backend: Backend, ns: str) -> None:
-    root = __import__("conftest").ROOT
+    root = __import__("ns_helpers").ROOT
     if backend.name == "real":
         backend.kubectl("apply", "--server-side", "-f", str(root / "manifests" / "crd.yaml"))
         backend.kubectl("wait", "--for=condition=Established", "crd/agents.agentcontroller.dev", "--timeout=60s")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import A, NODE, RealBackend, script, wait_for
+from ns_helpers import A, NODE, RealBackend, script, wait_for
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_command_line_runs_nodes_until_sigterm(real: RealBackend) -> None:
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from ns_helpers import ROOT
 
     mc = real.mc
     name = f"cli-{os.getpid() % 10000}"
