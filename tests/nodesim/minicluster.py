@@ -35,6 +35,16 @@ def find_bin_dir() -> Path | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies (a killed pytest leaves no control plane behind)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +192,7 @@ class MiniCluster:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "wb")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_die_with_parent)
 
     def _wait_ready(self, timeout: float = 120) -> None:
         ctx = ssl.create_default_context(cafile=str(self.workdir / "ca.crt"))
