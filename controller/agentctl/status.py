@@ -32,7 +32,16 @@ MAX_REASON = 128
 MAX_MESSAGE = 32768
 CONFLICT_RETRIES = 5
 REQUEST_TIMEOUT = 5.0
-SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SA_DIR_ENV = "AGENT_SERVICEACCOUNT_DIR"
+"""Where the pod's service-account files (token, ca.crt, namespace) are, when not at SA_DIR (the node
+simulator's local-process mode sets it; a real kubelet mounts them at SA_DIR)."""
+SA_NAMESPACE_FILE = SA_DIR + "/namespace"
+
+
+def sa_dir() -> str:
+    """The service-account directory: ``$AGENT_SERVICEACCOUNT_DIR``, else the standard mount path."""
+    return os.environ.get(SA_DIR_ENV) or SA_DIR
 
 T = TypeVar("T")
 
@@ -92,7 +101,12 @@ def api_client() -> Any:
     cfg = client.Configuration()
     try:
         if in_cluster():
-            config.load_incluster_config(client_configuration=cfg)
+            from kubernetes.config.incluster_config import InClusterConfigLoader
+
+            d = sa_dir()
+            InClusterConfigLoader(
+                token_filename=os.path.join(d, "token"), cert_filename=os.path.join(d, "ca.crt")
+            ).load_and_set(cfg)
         else:
             config.load_kube_config(config_file=_kubeconfig_file(), client_configuration=cfg)
     except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
@@ -106,7 +120,7 @@ def default_namespace() -> str:
     """The namespace of the current kubeconfig context, the pod's namespace in-cluster, else "default"."""
     if in_cluster():
         try:
-            with open(SA_NAMESPACE_FILE, encoding="utf-8") as f:
+            with open(os.path.join(sa_dir(), "namespace"), encoding="utf-8") as f:
                 ns = f.read().strip()
             if ns:
                 return ns

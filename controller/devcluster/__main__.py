@@ -22,9 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--crd", action="append", default=[], help="apply this manifest at start (repeatable)")
     s.add_argument("--no-gc", action="store_true", help="disable owner-reference garbage collection")
     s.add_argument("--pod-start-delay", type=float, default=0.05)
+    s.add_argument("--no-local-processes", action="store_true",
+                   help="do not run containers of sim.local/ images as local processes (docs/nodesim.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cluster = DevCluster(host=args.host, port=args.port, gc=not args.no_gc, pod_start_delay=args.pod_start_delay)
+    cluster = DevCluster(host=args.host, port=args.port, gc=not args.no_gc, pod_start_delay=args.pod_start_delay,
+                         node_options={"local_processes": not args.no_local_processes})
     cluster.start()
     for f in args.crd:
         cluster.apply_file(f)

@@ -29,8 +29,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import tables
+<<<<<<< HEAD
 from .admission import ValidatingAdmission
 from .kubelet import Kubelet
+=======
+>>>>>>> nodesim
 from .rbac import Attributes, Authorizer, UserInfo
 from .store import (
     BOOKMARK,
@@ -643,19 +646,6 @@ def _status_ok(rt: ResourceType, name: str, uid: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d}
 
 
-def _tail(data: bytes, n: int) -> bytes:
-    if n <= 0:
-        return b""
-    idx = len(data)
-    if data.endswith(b"\n"):
-        idx -= 1
-    for _ in range(n):
-        idx = data.rfind(b"\n", 0, idx)
-        if idx < 0:
-            return data
-    return data[idx + 1 :]
-
-
 # ------------------------------------------------------------------------------------------
 # the API server
 
@@ -697,7 +687,7 @@ class ApiServer:
 
     def _authenticate(self, request: web.Request) -> UserInfo | None:
         h = request.headers.get("Authorization", "")
-        if not h.startswith("Bearer "):
+        if h[:7].lower() != "bearer ":      # the scheme is case-insensitive (the Python client sends "bearer")
             return None
         token = h[7:].strip()
         return self.auth.authenticate(token, self._sa_exists)
@@ -1279,52 +1269,8 @@ class ApiServer:
         return resp
 
     async def _log(self, request: web.Request, info: ReqInfo) -> web.StreamResponse:
-        q = request.query
-        self.store.get_entry(info.rt, info.namespace, info.name)
-        inst = self.c.kubelet.log_instance(info.namespace, info.name, q.get("container") or None, _truthy(q.get("previous")))
-        data = bytes(inst.buf)
-        pos = len(data)
-        if "tailLines" in q:
-            try:
-                data = _tail(data, int(q["tailLines"]))
-            except ValueError:
-                raise bad_request("tailLines must be an integer") from None
-        limit: int | None = None
-        if "limitBytes" in q:
-            try:
-                limit = int(q["limitBytes"])
-            except ValueError:
-                raise bad_request("limitBytes must be an integer") from None
-            if limit < 1:
-                raise ApiError(422, "Invalid", "limitBytes: Invalid value: must be greater than 0")
-            data = data[:limit]
-        if not _truthy(q.get("follow")):
-            return web.Response(body=data, content_type="text/plain")
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
-        resp.enable_chunked_encoding()
-        sent = 0
-        try:
-            await resp.prepare(request)
-            if data:
-                await resp.write(data)
-                sent += len(data)
-            while limit is None or sent < limit:
-                ev = inst.changed
-                if len(inst.buf) > pos:
-                    chunk = bytes(inst.buf[pos:])
-                    pos += len(chunk)
-                    if limit is not None:
-                        chunk = chunk[: limit - sent]
-                    await resp.write(chunk)
-                    sent += len(chunk)
-                    continue
-                if inst.done:
-                    break
-                await ev.wait()
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass
-        return resp
+        e = self.store.get_entry(info.rt, info.namespace, info.name)
+        return await self.c.kubelet.pods_log(request, info.namespace, info.name, e.obj)
 
     async def _token_request(self, request: web.Request, info: ReqInfo) -> web.StreamResponse:
         e = self.store.get_entry(info.rt, info.namespace, info.name)
@@ -1481,7 +1427,11 @@ class DevCluster:
         bookmark_interval: float = 10.0,
         tls: bool = True,
         tls_port: int = 0,
+        node_options: dict[str, Any] | None = None,
     ) -> None:
+        """``node_options``: keyword options of the simulated node
+        (:class:`controller.nodesim.core.NodeRuntime`: ``container_log_max_size``,
+        ``follow_at_rotation``, ``gc_after_exit``, ``local_processes``, ``workdir``, ...)."""
         self.host = host
         self._port = port
         self._tls = tls
@@ -1504,13 +1454,18 @@ class DevCluster:
         # (after authentication, before authorization) as ``on_request(verb, resource, namespace, name,
         # user)``. Keep it cheap: it runs inline. The bench uses it to time-stamp the controller's pod DELETEs.
         self.on_request: Callable[[str, str, str, str, str], None] | None = None
-        self.kubelet = Kubelet(
+        from controller.nodesim import emulator as _nodesim
+
+        self.kubelet = _nodesim.EmulatorKubelet(
             self.store,
             run_sync=self._call,
             base_url=lambda: self.url,
+            https_url=lambda: self.https_url,
+            ca_pem=lambda: self.ca_pem,
             token_for=self.service_account_token,
             start_delay=pod_start_delay,
             restart_backoff=restart_backoff,
+            **(node_options or {}),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -1567,6 +1522,7 @@ class DevCluster:
         self._sock = sock
         material = tls_material() if self._tls else None
         if material is not None:
+            self.store.root_ca_pem = material[0].decode()
             import tempfile
 
             d = tempfile.mkdtemp(prefix="devcluster-tls-")
@@ -1670,9 +1626,6 @@ class DevCluster:
             for w in self.store.all_watchers():
                 w.close()
             await self.kubelet.close()
-            for p in list(self.kubelet.pods.values()):
-                for c in p.containers.values():
-                    c.log.finish()
             if self._runner is not None:
                 await self._runner.cleanup()
 

@@ -137,6 +137,8 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+        if not self.reason:
+            del st["reason"]     # an unclassified error (e.g. a kubelet the API server cannot reach)
         if self.details is not None:
             st["details"] = self.details
         return st
@@ -1046,6 +1048,7 @@ class Store:
         self.admission: Any = None
         self.registry_version = 0
         self.gen_name_rng = random.Random()
+        self.root_ca_pem: str | None = None   # kube-root-ca.crt's ca.crt (DevCluster: its https listener's CA)
         for rt in builtin_types():
             self.register(rt)
 
@@ -2587,7 +2590,8 @@ class Store:
                             "name": "kube-root-ca.crt",
                             "annotations": {"kubernetes.io/description": "Contains a CA bundle for the devcluster."},
                         },
-                        "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nZGV2Y2x1c3Rlcg==\n-----END CERTIFICATE-----\n"},
+                        "data": {"ca.crt": self.root_ca_pem
+                                 or "-----BEGIN CERTIFICATE-----\nZGV2Y2x1c3Rlcg==\n-----END CERTIFICATE-----\n"},
                     },
                 )
             except ApiError:

@@ -223,7 +223,7 @@ def test_pod_on_a_lost_node_is_force_deleted_after_grace_plus_30s(api, ns, contr
     created = api.create_agent(ns, "stuck", {"image": "agent:1", "cleanup": {"gracePeriodSeconds": 1},
                                              "env": script([{"log": "on a doomed node\n"}, {"sleep": 3600}])})
     wait_for(lambda: api.agent(ns, "stuck").get("status", {}).get("phase") == "Running")
-    cluster.kubelet.lose_node(ns, "stuck")
+    cluster.kubelet.lose_node(ns, "stuck", logs_reachable=True)   # a real lost node refuses log reads (issue 14)
     before = cluster.requests[("delete", "pods")]
     api.patch_agent(ns, "stuck", {"status": {"phase": "Completed"}}, status=True)
     agent = wait_for(cleaned(api, ns, "stuck"), timeout=120)
