@@ -29,11 +29,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import tables
-<<<<<<< HEAD
 from .admission import ValidatingAdmission
-from .kubelet import Kubelet
-=======
->>>>>>> nodesim
 from .rbac import Attributes, Authorizer, UserInfo
 from .store import (
     BOOKMARK,
