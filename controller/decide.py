@@ -24,6 +24,17 @@ CONTAINER_WAITING_ERRORS = frozenset({
 })
 
 
+# Why a kubelet or the control plane ended a pod that the agent did not end: the pod is lost.
+POD_LOST_REASONS = {
+    "Evicted": "evicted",
+    "Terminated": "terminated by a node shutdown",     # graceful node shutdown (kubelet)
+    "Shutdown": "terminated by a node shutdown",
+    "NodeShutdown": "terminated by a node shutdown",
+    "NodeLost": "lost with its node",
+    "UnexpectedAdmissionError": "rejected by its node",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PodState:
     """What the controller sees of an agent's pod (pure data, from a pod body)."""
@@ -41,6 +52,7 @@ class PodState:
     waiting_reason: str | None = None    # why a container does not start (ImagePullBackOff, Unschedulable, ...)
     waiting_message: str | None = None
     started_at: str | None = None        # when the agent container started (running or since terminated)
+    finished_at: str | None = None       # when the agent container terminated
 
     @classmethod
     def from_body(cls, pod: Mapping[str, Any]) -> PodState:
@@ -50,6 +62,7 @@ class PodState:
         agent_exit: int | None = None
         agent_running = False
         started_at: str | None = None
+        finished_at: str | None = None
         waiting: tuple[str | None, str | None] = (None, None)
         statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
         for cs in statuses:
@@ -59,6 +72,7 @@ class PodState:
                     agent_exit = int((state["terminated"] or {}).get("exitCode") or 0)
                 agent_running = "running" in state
                 started_at = (state.get("running") or state.get("terminated") or {}).get("startedAt") or None
+                finished_at = (state.get("terminated") or {}).get("finishedAt") or None
             wait = state.get("waiting")
             if wait and wait.get("reason") and wait.get("reason") != "ContainerCreating" and waiting[0] is None:
                 waiting = (str(wait.get("reason")), str(wait.get("message") or "") or None)
@@ -80,6 +94,7 @@ class PodState:
             waiting_reason=waiting[0],
             waiting_message=waiting[1],
             started_at=started_at,
+            finished_at=finished_at,
         )
 
 
@@ -158,15 +173,6 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
     if spec.terminate:
         return Decision(status=StatusChange(api.TERMINATED, api.REASON_KILLED, "spec.terminate was set."))
 
-    age = _age(agent, now)
-    deadline_in = None
-    if spec.active_deadline_seconds is not None and age is not None:
-        deadline_in = spec.active_deadline_seconds - age
-        if deadline_in <= 0:
-            return Decision(status=StatusChange(
-                api.FAILED, api.REASON_DEADLINE,
-                f"The agent ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}."))
-
     pod = seen.pod
     uid_label = label_value(meta.get("uid", ""))
     if pod is not None and pod.owner_uid != uid_label:
@@ -175,7 +181,22 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
                                                 "The agent's pod was replaced by a pod of another owner."))
         pod = None   # the name is held by another pod: like a refused creation (below)
 
-    started = bool(status.get("startTime")) or phase in api.ACTIVE_PHASES or (pod is not None and pod.agent_running)
+    age = _age(agent, now)
+    deadline_in = None
+    if spec.active_deadline_seconds is not None and age is not None:
+        deadline_in = spec.active_deadline_seconds - age
+        created = api.parse_time(meta.get("creationTimestamp"))
+        exited = api.parse_time(pod.finished_at) if pod is not None and pod.agent_exit_code is not None else None
+        exited_first = exited is not None and created is not None and \
+            (exited - created).total_seconds() <= spec.active_deadline_seconds
+        if deadline_in <= 0 and not exited_first:    # (an exit seen late still came first)
+            return Decision(status=StatusChange(
+                api.FAILED, api.REASON_DEADLINE,
+                f"The agent ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}."))
+
+    started = bool(status.get("startTime")) or phase in api.ACTIVE_PHASES or (
+        pod is not None and (pod.agent_running or pod.agent_exit_code is not None
+                             or pod.phase in ("Running", "Succeeded", "Failed")))
     start_in = None
     if not started and age is not None:
         start_in = spec.start_deadline_seconds - age
@@ -212,9 +233,10 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
         return Decision(create_children=True, on_created=_created(phase), requeue_after=clock)
 
     # The agent's pod exists.
-    if pod.reason == "Evicted":
+    if pod.reason in POD_LOST_REASONS:
         return Decision(status=StatusChange(api.ERROR, api.REASON_POD_LOST,
-                                            f"The agent's pod was evicted: {pod.message or ''}".strip()))
+                                            f"The agent's pod was {POD_LOST_REASONS[pod.reason]}: "
+                                            f"{pod.message or ''}".strip().rstrip(":")))
     if pod.deleting:
         return Decision(status=StatusChange(api.ERROR, api.REASON_POD_LOST,
                                             "The agent's pod was deleted while the agent was running."))
@@ -280,7 +302,11 @@ def _decide_terminal(agent: Mapping[str, Any], spec: api.AgentSpec, seen: Observ
         trigger = api.cleanup_trigger(status.get("phase"), status.get("reason"), deleting)
         if spec.cleanup.delay_seconds > 0 and not deleting and trigger != api.TRIGGER_DELETED:
             finished = api.parse_time(status.get("completionTime"))
-            if finished is not None:
+            if finished is None:
+                # The agent reported its end itself: record when, so that the delay counts from it.
+                return Decision(status=StatusChange(str(status.get("phase")), str(status.get("reason") or ""),
+                                                    str(status.get("message") or "")))
+            else:
                 remaining = spec.cleanup.delay_seconds - (now - finished).total_seconds()
                 if remaining > 0:
                     return Decision(requeue_after=remaining)
@@ -289,6 +315,8 @@ def _decide_terminal(agent: Mapping[str, Any], spec: api.AgentSpec, seen: Observ
         return Decision(cleanup=True, cleanup_trigger=trigger)
     if seen.leftovers:
         # Cleaned up, and yet the sweep found children (re-created by hand, a missed delete): again.
+        if seen.retry_in > 0:
+            return Decision(requeue_after=seen.retry_in)
         return Decision(cleanup=True, cleanup_trigger=api.TRIGGER_SWEEP)
     if spec.ttl_seconds_after_finished is not None and not deleting:
         done = api.parse_time(cleanup.get("completionTime"))

@@ -30,15 +30,12 @@ def agent_event(rt: Runtime, event: Mapping[str, Any]) -> None:
         rt.recent.pop(key_of(body), None)
         rt.queue.forget(key_of(body))
         return
+    key = key_of(body)
+    if rt.queue.stale(key, body):
+        return          # older than what this process wrote or saw already: old news
     rt.remember(body)
-    phase = str((body.get("status") or {}).get("phase") or "")
-    previous = rt.phases.get(uid)
-    rt.phases[uid] = phase
-    if previous is not None and phase and phase != previous:
-        rt.metrics.phase_transitions.labels(to=phase).inc()
-        if api.is_terminal(phase):
-            rt.terminal_at.setdefault(uid, rt.clock())
-    rt.queue.add(key_of(body), hint=body)
+    rt.observe_phase(uid, str((body.get("status") or {}).get("phase") or ""))
+    rt.queue.add(key, hint=body)
 
 
 async def agent_deleted(rt: Runtime, body: Mapping[str, Any]) -> None:
@@ -67,4 +64,6 @@ def pod_changed(rt: Runtime, old: PodInfo | None, new: PodInfo | None) -> None:
     if api.is_terminal(rt.phases.get(pod.owner_uid)):
         return          # a terminal Agent's pod is its cleanup's business (which the watch wakes)
     if pod.owner_name:
+        log.debug("pod %s/%s changed (%s): enqueue its agent", pod.namespace, pod.name,
+                  new.state.phase if new is not None else "gone")
         rt.queue.add((pod.namespace, pod.owner_name))

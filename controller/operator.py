@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -159,6 +160,7 @@ async def require_crd(client: KubeClient) -> None:
 
 
 POD_CACHE_SYNC_TIMEOUT = 60.0
+RECURSION_LIMIT = 25_000
 
 
 async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Sweeper | None = None,
@@ -168,6 +170,11 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
     Lease first (serving /healthz and /metrics meanwhile) and raise LeaseLost if it is lost."""
     from . import handlers
 
+    # An Agent's podTemplate may be nested thousands of levels deep (the API server stores up to
+    # ~10 000): kopf copies and compares bodies recursively, and Python's default limit (1 000) would
+    # make it throttle on such an Agent forever instead of handing it over (decide() refuses it,
+    # InvalidSpec). Python-to-Python recursion does not grow the C stack (3.11+).
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     rt = runtime or build_runtime(options)
     elector = elector if elector is not None else build_elector(options, rt)
     try:

@@ -14,6 +14,7 @@ gone, and tells `on_change` whenever what the controller sees of a pod changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .workqueue import retry_delay
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 500
+TOMBSTONES = 10_000
 WATCH_TIMEOUT_SECONDS = 300
 
 
@@ -40,6 +42,7 @@ class PodInfo:
     state: PodState
     containers: tuple[str, ...] = ()    # init containers, then containers
     restarted: tuple[str, ...] = ()     # containers that restarted (their previous log is archived too)
+    version: int = 0                    # resourceVersion: an older body never replaces a newer one
 
     @classmethod
     def of(cls, pod: Mapping[str, Any], shapes: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> PodInfo:
@@ -53,8 +56,12 @@ class PodInfo:
             containers = shapes.setdefault(containers, containers)
         restarted = tuple(str(cs.get("name")) for cs in (status.get("initContainerStatuses") or [])
                           + (status.get("containerStatuses") or []) if int(cs.get("restartCount") or 0) > 0)
+        try:
+            version = int(str(meta.get("resourceVersion") or 0))
+        except ValueError:
+            version = 0
         return cls(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), str(owner),
-                   PodState.from_body(pod), containers, restarted)
+                   PodState.from_body(pod), containers, restarted, version)
 
     @property
     def owner_uid(self) -> str:
@@ -81,6 +88,7 @@ class PodCache:
         self._by_name: dict[tuple[str, str], PodInfo] = {}
         self._gone: dict[str, asyncio.Event] = {}
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._tombstones: dict[str, None] = {}      # UIDs of pods seen deleted (the latest TOMBSTONES)
         self.synced = asyncio.Event()
 
     def __len__(self) -> int:
@@ -96,15 +104,23 @@ class PodCache:
         return [p for p in self._by_uid.values() if p.owner_uid == owner_uid]
 
     def upsert(self, pod: Mapping[str, Any]) -> None:
+        """A pod as the watch (or an answer of the API) has it. Answers race the watch: a body older
+        than the one held (a create's answer processed after the watch's later events) is ignored, and
+        so is one of a pod whose deletion was already seen."""
         info = PodInfo.of(pod, self._shapes)
         old = self._by_uid.get(info.uid)
+        if (old is not None and old.version > info.version) or info.uid in self._tombstones:
+            return
         self._by_uid[info.uid] = info
         self._by_name[(info.namespace, info.name)] = info
-        if self.on_change is not None and old != info:
+        if self.on_change is not None and (old is None or dataclasses.replace(old, version=info.version) != info):
             self.on_change(old, info)
 
     def remove(self, uid: str) -> None:
         old = self._by_uid.pop(uid, None)
+        self._tombstones[uid] = None
+        while len(self._tombstones) > TOMBSTONES:
+            self._tombstones.pop(next(iter(self._tombstones)))
         if old is not None:
             if self._by_name.get((old.namespace, old.name)) is old:
                 del self._by_name[(old.namespace, old.name)]
@@ -118,15 +134,20 @@ class PodCache:
         if old is not None and self.on_change is not None:
             self.on_change(old, None)
 
-    def replace(self, scope: str | None, pods: Sequence[Mapping[str, Any]]) -> None:
-        """A fresh list of one scope (a namespace, or None for all): what is not in it is gone."""
+    def replace(self, scope: str | None, pods: Sequence[Mapping[str, Any]], version: int | None = None) -> None:
+        """A fresh list of one scope (a namespace, or None for all), made at resourceVersion `version`:
+        what is not in it is gone — unless it is newer than the list (created since, known from an
+        answer of the API)."""
         seen = set()
         for pod in pods:
             self.upsert(pod)
             seen.add(str((pod.get("metadata") or {}).get("uid", "")))
         for uid, info in list(self._by_uid.items()):
-            if uid not in seen and (scope is None or info.namespace == scope):
-                self.remove(uid)
+            if uid in seen or (scope is not None and info.namespace != scope):
+                continue
+            if version is not None and info.version > version:
+                continue
+            self.remove(uid)
 
     async def wait_gone(self, uid: str, timeout: float) -> bool:
         """True once the pod of this UID is gone (a DELETED event, or a list without it)."""
@@ -137,10 +158,7 @@ class PodCache:
             await asyncio.wait_for(event.wait(), timeout)
             return True
         except TimeoutError:
-            return False
-        finally:
-            if self._gone.get(uid) is event and not event.is_set():
-                self._gone.pop(uid, None)
+            return False        # (the Event stays for the other waiters: remove() drops it)
 
 
 class PodWatcher:
@@ -172,7 +190,11 @@ class PodWatcher:
         async for page in self.client.list_pages(PODS, scope, label_selector=self.selector, limit=LIST_PAGE):
             items.extend(page.get("items") or [])
             version = str((page.get("metadata") or {}).get("resourceVersion") or version)
-        self.cache.replace(scope, items)
+        try:
+            listed_at: int | None = int(version)
+        except ValueError:
+            listed_at = None
+        self.cache.replace(scope, items, listed_at)
         self.relists += 1
         self._synced.add(scope)
         if len(self._synced) == len(self.scopes):

@@ -130,6 +130,16 @@ class Runtime:
         if future is not None and not future.done():
             future.set_result(None)
 
+    def observe_phase(self, uid: str, phase: str) -> None:
+        """The Agent's phase as last seen (on the watch, or as this process wrote it): a change is a
+        transition (counted once, whichever is seen first)."""
+        previous = self.phases.get(uid)
+        self.phases[uid] = phase
+        if previous is not None and phase and phase != previous:
+            self.metrics.phase_transitions.labels(to=phase).inc()
+            if api.is_terminal(phase):
+                self.terminal_at.setdefault(uid, self.clock())
+
     def remember(self, body: Mapping[str, Any]) -> None:
         """Keep the little of an Agent that a sync started by a pod event needs (compact JSON): what
         decide() reads and what a status write needs (resourceVersion, conditions) — not the pod

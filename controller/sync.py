@@ -59,6 +59,8 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
                 return None
             agent, seen = fresh, await observe(rt, fresh)
         decision = decide(agent, seen, rt.clock())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("sync %s/%s: pod=%s decision=%s", key[0], key[1], seen.pod, decision)
         if PARTIAL in agent and (decision.create_children or decision.cleanup or decision.delete_agent):
             # What was remembered of the Agent sufficed to decide on a status; this needs all of it.
             fresh = await rt.client.get_or_none(AGENTS, *key)
@@ -135,6 +137,8 @@ async def act(rt: Runtime, key: AgentKey, agent: dict[str, Any], decision: Decis
             outcome = await clean_up(rt, agent, trigger, thorough=trigger == api.TRIGGER_SWEEP)
         except CleanupFailed as exc:
             return rt.back_off(uid, exc.delay)       # decide() waits for it, whatever events come
+        if outcome.final is not None:
+            rt.remember(outcome.final)
         rt.queue.add(key, hint=outcome.final)        # next: the TTL, if any (and older events are old news)
         return None
     if decision.delete_agent:
@@ -190,8 +194,7 @@ async def write_status(rt: Runtime, agent: Mapping[str, Any], change: StatusChan
                         counts=False) from exc
         raise
     rt.remember(updated)
-    if terminal:
-        rt.phases[meta["uid"]] = change.phase
+    rt.observe_phase(meta["uid"], change.phase)
     log.info("agent %s/%s: %s (%s)", meta["namespace"], meta["name"], change.phase, change.reason)
     await _post_transition(rt, updated, status, change)
     return updated

@@ -43,8 +43,8 @@ def retry_delay(failures: int, *, base: float = RETRY_BASE_SECONDS, cap: float =
                 jitter: float = 0.1, rand: Callable[[], float] = random.random) -> float:
     """The one retry policy: exponential (base, 2 base, 4 base, ...) capped at `cap`, with +-`jitter`
     (a fraction) so that a burst of failures does not retry in lockstep. `failures` counts from 1."""
-    delay = min(cap, base * 2 ** max(0, failures - 1))
-    return max(0.0, delay * (1.0 + jitter * (2.0 * rand() - 1.0)))
+    delay = base * 2.0 ** min(max(0, failures - 1), 64)       # (no overflow after thousands of failures)
+    return max(0.0, min(cap, delay * (1.0 + jitter * (2.0 * rand() - 1.0))))
 
 
 class Retry(Exception):
@@ -97,7 +97,7 @@ class WorkQueue(Generic[K]):
         self._delay_for = delay_for or (lambda failures, exc: retry_delay(failures))
         self._versions: dict[K, int] = {}       # the newest resourceVersion seen per key (until forget)
         self.processed = 0
-        self.stale = 0                           # adds dropped as old news
+        self.dropped = 0                         # adds dropped as old news
 
     # ------------------------------------------------------------------ producers
 
@@ -106,7 +106,7 @@ class WorkQueue(Generic[K]):
             version = _version(hint)
             if version is not None:
                 if version <= self._versions.get(key, -1):
-                    self.stale += 1
+                    self.dropped += 1
                     return
                 self._versions[key] = version
         entry = self._entries.get(key)
@@ -122,6 +122,11 @@ class WorkQueue(Generic[K]):
             entry.due = None
             if self._ready is not None:
                 self._ready.put_nowait(key)
+
+    def stale(self, key: K, hint: Any) -> bool:
+        """Is this body older than (or as old as) one already seen for the key? (old news)"""
+        version = _version(hint)
+        return version is not None and version <= self._versions.get(key, -1)
 
     def add_after(self, key: K, seconds: float) -> None:
         if seconds <= 0:
@@ -201,8 +206,11 @@ class WorkQueue(Generic[K]):
             task.cancel()
         await asyncio.gather(*(t for t in (self._runner, self._timer) if t is not None), *tasks,
                              return_exceptions=True)
-        for entry in self._entries.values():
-            self._settle(entry, asyncio.CancelledError())
+        for entry in self._entries.values():      # no run will come: every wait ends
+            for _, future in entry.waiters:
+                if not future.done():
+                    future.set_exception(asyncio.CancelledError())
+            entry.waiters = []
 
     # ------------------------------------------------------------------ internals
 

@@ -52,9 +52,6 @@ def test_every_default_the_crd_declares_is_the_controllers():
     assert {path: api.DEFAULTS.get(path, "<missing in api.DEFAULTS>") for path in leaves} == leaves
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "manifests/crd.yaml does not declare startDeadlineSeconds / cleanup.logTimeoutSeconds yet "
-    "(the apisec helper adds them); passes once that CRD change is merged"))
 def test_every_controller_default_is_declared_in_the_crd():
     leaves, _ = crd_defaults(spec_schema())
     assert {path: leaves.get(path, "<not declared in the CRD>") for path in api.DEFAULTS} == api.DEFAULTS

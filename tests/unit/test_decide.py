@@ -388,11 +388,6 @@ def test_an_agent_whose_pod_runs_has_no_start_deadline_even_if_not_yet_recorded(
     assert d.status is not None and d.status.phase == api.RUNNING and d.status.start_time
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPEC §4: the pod exits -> Completed/Failed; StartTimeout is for a pod 'not running' after "
-    "startDeadlineSeconds. decide() counts an agent as started only by startTime, an active phase or a "
-    "running agent container: a pod whose agent container already terminated (first seen after the start "
-    "deadline, e.g. after a controller outage) is recorded Failed/StartTimeout instead of its exit."))
 @pytest.mark.parametrize("code,expected", [(0, (api.COMPLETED, api.REASON_POD_SUCCEEDED)),
                                            (3, (api.FAILED, api.REASON_POD_FAILED))])
 def test_a_pod_that_ran_and_exited_is_not_a_start_timeout(code, expected):
@@ -605,10 +600,6 @@ def test_cleanup_delay_does_not_hold_a_deleted_agent():
     assert decide(a, seen(), NOW).cleanup
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPEC §2: cleanup.delaySeconds keeps the finished pod this long before teardown. An agent that "
-    "reports its own terminal phase has no completionTime (only the controller writes it); "
-    "_decide_terminal skips the delay when completionTime is missing, so the pod is torn down at once."))
 def test_cleanup_delay_holds_an_agent_that_reported_its_own_end():
     a = agent(api.COMPLETED, spec={"cleanup": {"delaySeconds": 60}},
               status={"completionTime": None, "cleanup": None, "reason": "Done"})
@@ -658,9 +649,6 @@ def test_leftovers_before_the_first_cleanup_keep_the_phase_trigger():
     assert d.cleanup and d.cleanup_trigger == api.FAILED
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "retry_in is ignored on the leftovers path: a sweep re-cleanup whose failure could not be recorded "
-    "(the state stays Succeeded) is retried by every event, not after its backoff."))
 def test_leftovers_wait_for_the_backoff():
     d = decide(cleaned(), seen(leftovers=True, retry_in=5.0), NOW)
     assert not d.cleanup and d.requeue_after == pytest.approx(5.0)

@@ -558,10 +558,6 @@ async def test_stop_cancels_the_runs_in_progress():
     assert q.running() == 0
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "WorkQueue.stop() settles only waiters whose run finished (generation <= finished), which were "
-    "settled already: a wait() for a run that stop() cancelled, or that never started, never returns "
-    "(sweep._reap_agent waits up to REAP_WAIT_SECONDS; only sweep.stop() cancelling it ends the wait)."))
 @async_test
 async def test_stop_ends_the_waits():
     w = Recorder()
@@ -610,17 +606,9 @@ def test_retry_delay_jitter_spreads_a_burst():
     assert len(delays) > 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPEC §4: exponential backoff, cap 5 min. The jitter is applied after the cap, so a delay at the cap "
-    "can be up to cap * (1 + jitter) = 330 s (the cleanup's retries use this policy)."))
 def test_retry_delay_never_exceeds_its_cap():
     assert retry_delay(30, rand=lambda: 0.999999) <= workqueue.RETRY_CAP_SECONDS
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "base * 2 ** (failures - 1) overflows a float from ~1025 failures on (85 h at the 300 s cap): "
-    "OverflowError. In WorkQueue._process it escapes from the except block, so the key stays "
-    "'running' forever and its concurrency slot is never released; cleanup.record_failure raises it "
-    "for a cleanup past 1025 attempts."))
 def test_retry_delay_of_very_many_failures_is_the_cap():
     assert retry_delay(5000, rand=lambda: 0.5) == workqueue.RETRY_CAP_SECONDS
