@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 RETRY_AFTER_CAP_SECONDS = 300.0
 REFRESH_MARGIN_SECONDS = 60.0     # refresh expiring credentials this long before they expire
+REFRESH_MIN_INTERVAL_SECONDS = 10.0
 
 
 class ApiError(Exception):
@@ -92,6 +93,7 @@ class ClientConfig:
         self._ssl: ssl.SSLContext | bool | None = None
         self.refreshed = 0                # how many times the credentials were loaded again
         self.tls_generation = 0           # bumped when the certificates changed
+        self._refreshed_at = 0.0
 
     @classmethod
     def load(cls, kubeconfig: str | None = None, context: str | None = None) -> ClientConfig:
@@ -108,7 +110,11 @@ class ClientConfig:
         return self._tokens is not None or self.kubeconfig is not None or self.expires_at is not None
 
     def expiring(self, now: float, margin: float = REFRESH_MARGIN_SECONDS) -> bool:
-        return self.expires_at is not None and now >= self.expires_at - margin
+        """Do the credentials expire within `margin`? (Not asked again for a while after a refresh that
+        brought credentials expiring as soon: a plugin's tokens may be that short-lived.)"""
+        if self.expires_at is None or now < self.expires_at - margin:
+            return False
+        return now - self._refreshed_at >= REFRESH_MIN_INTERVAL_SECONDS
 
     async def refresh(self) -> bool:
         """Load the credentials again (after a 401, or before they expire): a token file is read
@@ -139,6 +145,7 @@ class ClientConfig:
             for key in ("token", "ca_file", "cert_file", "key_file", "expires_at"):
                 setattr(self, key, fresh.get(key))
             self.refreshed += 1
+            self._refreshed_at = time.time()
             return changed or fresh.get("expires_at") is not None
 
     def current_token(self) -> str | None:
