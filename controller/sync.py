@@ -53,22 +53,16 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
         return None          # gone: its finalizer ran; whatever is left is the sweep's
     try:
         seen = await observe(rt, agent)
-        if agent.pop(PARTIAL, False) and not _partial_suffices(agent, seen):
-            fresh = await rt.client.get_or_none(AGENTS, *key)
-            if fresh is None:
-                return None
-            agent, seen = fresh, await observe(rt, fresh)
         decision = decide(agent, seen, rt.clock())
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("sync %s/%s: pod=%s decision=%s", key[0], key[1], seen.pod, decision)
-        if PARTIAL in agent and (decision.create_children or decision.cleanup or decision.delete_agent):
-            # What was remembered of the Agent sufficed to decide on a status; this needs all of it.
+        if agent.pop(PARTIAL, False) and not _remembered_suffices(agent, seen, decision):
             fresh = await rt.client.get_or_none(AGENTS, *key)
             if fresh is None:
                 return None
             agent = fresh
-            decision = decide(agent, await observe(rt, agent), rt.clock())
-        agent.pop(PARTIAL, None)
+            seen = await observe(rt, agent)
+            decision = decide(agent, seen, rt.clock())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("sync %s/%s: pod=%s decision=%s", key[0], key[1], seen.pod, decision)
         return await act(rt, key, agent, decision)
     except (Retry, asyncio.CancelledError):
         raise
@@ -78,13 +72,11 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
         raise
 
 
-def _partial_suffices(agent: dict[str, Any], seen: Observed) -> bool:
-    """A remembered (slim) Agent is enough to decide on what its existing pod did; anything else
-    (building the pod, checking the spec) needs the whole Agent. Keeps the mark for act()."""
-    ok = seen.pod is not None and bool((agent.get("status") or {}).get("podName"))
-    if ok:
-        agent[PARTIAL] = True
-    return ok
+def _remembered_suffices(agent: Mapping[str, Any], seen: Observed, decision: Decision) -> bool:
+    """What was remembered of an Agent (a few hundred bytes, no pod template or prompt) decides what its
+    existing pod did — a status to record. Building the pod, cleaning up or deleting needs all of it."""
+    return (seen.pod is not None and bool((agent.get("status") or {}).get("podName"))
+            and not (decision.create_children or decision.cleanup or decision.delete_agent))
 
 
 async def observe(rt: Runtime, agent: Mapping[str, Any]) -> Observed:
