@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import api, children
+from . import FINALIZER, api, children
 from .names import AGENT_UID_LABEL, POD_CONTAINER, label_value
 
 # Waiting reasons of a container that will not start by itself (shown in the status while the
@@ -168,6 +168,10 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
         return _decide_terminal(agent, spec, seen, now, deleting)
 
     # ---- not terminal: the first trigger that applies wins.
+    if not phase and not deleting and FINALIZER not in (meta.get("finalizers") or ()):
+        # A new Agent: kopf puts our finalizer on it first (its own watch event brings the Agent back),
+        # so that no child exists before the finalizer that guarantees their cleanup.
+        return Decision()
     if deleting:
         return Decision(status=StatusChange(api.TERMINATED, api.REASON_DELETED, "The Agent was deleted."))
     if spec.terminate:

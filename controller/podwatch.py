@@ -85,6 +85,7 @@ class PodCache:
     def __init__(self, on_change: OnChange | None = None):
         self.on_change = on_change
         self._by_uid: dict[str, PodInfo] = {}
+        self._by_owner: dict[str, dict[str, PodInfo]] = {}     # agent-uid label -> pod uid -> pod
         self._by_name: dict[tuple[str, str], PodInfo] = {}
         self._gone: dict[str, asyncio.Event] = {}
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -101,7 +102,7 @@ class PodCache:
         return self._by_name.get((namespace, name))
 
     def owned_by(self, owner_uid: str) -> list[PodInfo]:
-        return [p for p in self._by_uid.values() if p.owner_uid == owner_uid]
+        return list(self._by_owner.get(owner_uid, {}).values())
 
     def upsert(self, pod: Mapping[str, Any]) -> None:
         """A pod as the watch (or an answer of the API) has it. Answers race the watch: a body older
@@ -112,12 +113,17 @@ class PodCache:
         if (old is not None and old.version > info.version) or info.uid in self._tombstones:
             return
         self._by_uid[info.uid] = info
+        if old is not None and old.owner_uid != info.owner_uid:
+            self._unown(old)
+        self._by_owner.setdefault(info.owner_uid, {})[info.uid] = info
         self._by_name[(info.namespace, info.name)] = info
         if self.on_change is not None and (old is None or dataclasses.replace(old, version=info.version) != info):
             self.on_change(old, info)
 
     def remove(self, uid: str) -> None:
         old = self._by_uid.pop(uid, None)
+        if old is not None:
+            self._unown(old)
         self._tombstones[uid] = None
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.pop(next(iter(self._tombstones)))
@@ -133,6 +139,13 @@ class PodCache:
             waiter.set()
         if old is not None and self.on_change is not None:
             self.on_change(old, None)
+
+    def _unown(self, info: PodInfo) -> None:
+        pods = self._by_owner.get(info.owner_uid)
+        if pods is not None:
+            pods.pop(info.uid, None)
+            if not pods:
+                del self._by_owner[info.owner_uid]
 
     def replace(self, scope: str | None, pods: Sequence[Mapping[str, Any]], version: int | None = None) -> None:
         """A fresh list of one scope (a namespace, or None for all), made at resourceVersion `version`:

@@ -218,9 +218,15 @@ async def create_children(rt: Runtime, agent: Mapping[str, Any]) -> CreateRefusa
     Returns the API's refusal, if it refused one (the decision is decide()'s)."""
     meta = agent["metadata"]
     ns, uid = meta["namespace"], meta["uid"]
-    made: list[tuple[str, str]] = []
+    # What this process created already (an attempt whose status write met a conflict) is not created
+    # again: the prompt and the credentials by the child cache, the pod by the pod cache.
+    known = dict(rt.children.get(uid) or ())
+    made: list[tuple[str, str]] = list(known.items())
+    pod = rt.pods.named(ns, pod_name(meta["name"]))
+    have_pod = known and pod is not None and pod.owner_uid == label_value(uid)
     for stage in CREATE_STAGES:
-        bodies = [(kind, kind.build(agent, rt.pod_security)) for kind in stage]
+        bodies = [(kind, kind.build(agent, rt.pod_security)) for kind in stage
+                  if kind.label not in known and not (kind is POD and have_pod)]
         results = await asyncio.gather(*(_create(rt, kind.resource, ns, body, uid)
                                          for kind, body in bodies if body is not None), return_exceptions=True)
         for (kind, _), result in zip([kb for kb in bodies if kb[1] is not None], results):

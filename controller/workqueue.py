@@ -173,7 +173,8 @@ class WorkQueue(Generic[K]):
         return entry is not None and (entry.waiting or entry.running or entry.due is not None)
 
     def running(self) -> int:
-        return sum(1 for e in self._entries.values() if e.running)
+        """How many keys are being synced now."""
+        return len(self._tasks)
 
     def failures(self, key: K) -> int:
         entry = self._entries.get(key)

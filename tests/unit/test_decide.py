@@ -40,7 +40,7 @@ def agent(phase: str | None = None, *, spec: dict[str, Any] | None = None, statu
     body: dict[str, Any] = {
         "apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent",
         "metadata": {"name": "a1", "namespace": "ns", "uid": UID, "generation": 1, "resourceVersion": "7",
-                     "creationTimestamp": ago(created_ago)},
+                     "creationTimestamp": ago(created_ago), "finalizers": ["agentcontroller.dev/cleanup"]},
         "spec": {"image": "img", **(spec or {})},
         "status": {},
     }
@@ -694,3 +694,15 @@ def test_decide_does_not_modify_its_inputs():
     before = copy.deepcopy(a)
     decide(a, seen(pod("Running")), NOW)
     assert a == before
+
+
+def test_a_new_agent_waits_for_its_finalizer_before_any_child_exists():
+    """kopf puts the finalizer on a new Agent first; until then nothing is created (a child created
+    before the finalizer could outlive an Agent deleted at once)."""
+    body = agent()
+    body["metadata"].pop("finalizers")
+    assert decide(body, Observed(), NOW) == Decision()
+    body["metadata"]["finalizers"] = ["example.com/other"]
+    assert decide(body, Observed(), NOW) == Decision()
+    body["metadata"]["finalizers"].append("agentcontroller.dev/cleanup")
+    assert decide(body, Observed(), NOW).create_children
