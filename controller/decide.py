@@ -168,7 +168,8 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
         return _decide_terminal(agent, spec, seen, now, deleting)
 
     # ---- not terminal: the first trigger that applies wins.
-    if not phase and not deleting and FINALIZER not in (meta.get("finalizers") or ()):
+    if phase in (None, api.PENDING) and not status.get("podName") and not deleting \
+            and FINALIZER not in (meta.get("finalizers") or ()):
         # A new Agent: kopf puts our finalizer on it first (its own watch event brings the Agent back),
         # so that no child exists before the finalizer that guarantees their cleanup.
         return Decision()

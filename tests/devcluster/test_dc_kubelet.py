@@ -213,7 +213,7 @@ def test_report_patches_agent_status_with_sa_credentials(dc: Any, ns: str) -> No
     dc.wait_for(lambda: any(r["pod"] == "norbac" and r["namespace"] == ns for r in list(dc.kubelet.reports)), 10)
     rec = [r for r in list(dc.kubelet.reports) if r["pod"] == "norbac" and r["namespace"] == ns][0]
     assert rec["code"] == 403 and rec["agent"] == "norbac"
-    assert "status" not in dc.get("agents", "norbac", ns)
+    assert dc.get("agents", "norbac", ns)["status"] == {"phase": "Pending"}    # the CRD's default, untouched
 
 
 def test_service_account_token_invalid_after_sa_deletion(dc: Any, ns: str) -> None:

@@ -234,7 +234,7 @@ def test_delete_preconditions(k8s: Any, ns: str) -> None:
 def test_custom_resource_status_subresource_and_generation(k8s: Any, ns: str) -> None:
     co = client.CustomObjectsApi(k8s)
     a = co.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {**agent("g"), "status": {"phase": "Running"}})
-    assert "status" not in a and a["metadata"]["generation"] == 1
+    assert a["status"] == {"phase": "Pending"} and a["metadata"]["generation"] == 1   # the CRD's default
     # defaults from the schema
     assert a["spec"]["cleanup"] == {"logs": "Archive", "gracePeriodSeconds": 5, "delaySeconds": 0,
                                     "logTimeoutSeconds": 300}

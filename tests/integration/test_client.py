@@ -43,15 +43,16 @@ def exec_kubeconfig(tmp_path: Path, server: str, token_file: Path, expires_in: i
 
 def test_13_revoked_exec_plugin_credentials_are_loaded_again(tmp_path, api, ns, cluster, archive_dir):
     from controller.kube.client import ClientConfig
-    from controller.operator import BackgroundController
-    from conftest import controller_options
+    from controller.operator import BackgroundController, Options
 
     first = cluster.add_user("plugin-user-1", ["system:masters"])
     token_file = tmp_path / "token"
     token_file.write_text(first)
     config = ClientConfig.load(str(exec_kubeconfig(tmp_path, cluster.url, token_file, expires_in=3600)))
     assert config.token == first and config.expires_at is not None
-    ctl = BackgroundController(controller_options(ns, archive_dir), config).start()
+    options = Options(namespaces=[ns], archive_dir=str(archive_dir), metrics_port=0, health_port=0,
+                      sweep_interval=3600.0, listen_host="127.0.0.1", force_delete_after=2.0)
+    ctl = BackgroundController(options, config).start()
     try:
         api.create_agent(ns, "before", {"image": "agent:1", "env": script([{"exit": 0}])})
         wait_for(cleaned(api, ns, "before"))

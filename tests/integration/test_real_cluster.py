@@ -171,7 +171,7 @@ def test_12_hostile_shapes_end_in_invalid_spec_or_are_refused(api, ns, controlle
     except HttpError as exc:
         assert exc.status in (400, 422), exc.body     # refused by the API: fine
     else:
-        agent = wait_for(lambda: (a := api.agent(ns, "deep")).get("status", {}).get("phase") and a)
+        agent = wait_for(lambda: (a := api.agent(ns, "deep")).get("status", {}).get("reason") and a)
         assert (agent["status"]["phase"], agent["status"]["reason"]) == ("Failed", "InvalidSpec")
     dup = {"spec": {"containers": [{"name": "agent", "image": "a"}, {"name": "agent", "image": "b"}]}}
     try:
@@ -179,7 +179,7 @@ def test_12_hostile_shapes_end_in_invalid_spec_or_are_refused(api, ns, controlle
     except HttpError as exc:
         assert exc.status == 422 and "agent" in json.dumps(exc.body)
     else:
-        agent = wait_for(lambda: (a := api.agent(ns, "dup")).get("status", {}).get("phase") and a)
+        agent = wait_for(lambda: (a := api.agent(ns, "dup")).get("status", {}).get("reason") and a)
         assert (agent["status"]["phase"], agent["status"]["reason"]) == ("Failed", "InvalidSpec")
         assert "containers" in agent["status"]["message"]
     try:
@@ -187,7 +187,7 @@ def test_12_hostile_shapes_end_in_invalid_spec_or_are_refused(api, ns, controlle
     except HttpError as exc:
         assert exc.status == 422 and "cpu" in json.dumps(exc.body)
     else:
-        agent = wait_for(lambda: (a := api.agent(ns, "lots")).get("status", {}).get("phase") and a)
+        agent = wait_for(lambda: (a := api.agent(ns, "lots")).get("status", {}).get("reason") and a)
         assert (agent["status"]["phase"], agent["status"]["reason"]) in (("Failed", "InvalidSpec"),
                                                                         ("Failed", "PodRejected"))
         assert "cpu" in agent["status"]["message"]

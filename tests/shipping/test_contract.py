@@ -90,8 +90,9 @@ def test_every_field_is_described_with_its_default_and_limits() -> None:
             text = child.get("description", "")
             if not text:
                 missing.append(p)
-            if "default" in child and str(child["default"]).lower() not in text.lower() \
-                    and child["default"] not in ({}, []):
+            default = child.get("default")
+            shown = " ".join(f"{k}: {v}" for k, v in default.items()) if isinstance(default, dict) else str(default)
+            if "default" in child and shown.lower() not in text.lower() and default not in ({}, []):
                 missing.append(f"{p} (default {child['default']} not in the description)")
             for limit in ("minimum", "maximum", "maxLength"):
                 if limit in child and not re.search(rf"\b{child[limit]}\b|{child[limit] // 1024} KiB", text):
