@@ -299,7 +299,9 @@ class Sweeper:
                 if pod is None:
                     return      # gone meanwhile
                 directory = rt.archive.orphan_dir(meta["namespace"], meta["uid"])
-                await archive_and_stop_pods(rt, directory, [pod], _grace(pod), extra_files={})
+                archived = await archive_and_stop_pods(rt, directory, [pod], _grace(pod), extra_files={})
+                if not archived.already_existed:      # an orphan's archive counts like an Agent's
+                    rt.metrics.archived_bytes.inc(archived.bytes)
                 if await rt.client.get_same(PODS, pod) is not None:
                     raise RuntimeError("still present after its deletion (a finalizer, or its node is gone)")
             else:
