@@ -105,6 +105,7 @@ class Sweeper:
         self.orphan_min_age = interval if orphan_min_age is None else orphan_min_age
         self.acting = acting             # with leader election: only the leader sweeps
         self.interval = interval
+        rt.metrics.sweep_interval.set(interval)
         self.timeout = timeout if timeout is not None else 30.0
         self.started_at = time.time()
         self.last_success: float | None = None
