@@ -359,6 +359,8 @@ class DemoRunner:
                        last: dict[str, tuple[str, str]], elapsed: float) -> None:
         for name, phase, progress, _, cleanup, verified in rows:
             state = (phase, cleanup + ("/verified" if verified else ""))
+            if not phase and not cleanup:
+                continue    # just created: the controller has not set its phase yet
             if last.get(name) != state:
                 last[name] = state
                 shown = f" progress={progress}" if progress and phase not in ("(deleted)",) else ""

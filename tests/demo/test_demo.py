@@ -265,3 +265,23 @@ def test_live_view_refreshes_in_place_on_a_tty(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
     assert b"\x1b[" in out and b"NO-LEAKS" in out and b"DONE" in out
+
+
+def test_demo_examples_are_valid_agents_for_the_simulator():
+    """examples/demo/*.yaml: Agents the API accepts, whose image the node simulator runs as a local
+    process (sim.local/) through `agentctl run`."""
+    import yaml
+
+    from controller.devcluster import DevCluster
+
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert {p.name for p in files} >= {"hello.yaml", "crash.yaml", "long-task.yaml"}
+    with DevCluster() as cluster:
+        cluster.apply_file(str(Path(__file__).resolve().parents[2] / "manifests" / "crd.yaml"))
+        cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+        for path in files:
+            (doc,) = list(yaml.safe_load_all(path.read_text()))
+            assert doc["spec"]["image"].startswith("sim.local/"), path.name
+            assert doc["spec"]["command"][:3] == ["agentctl", "run", "--"], path.name
+            stored = cluster.create(doc, namespace="demo")      # validated against the CRD
+            assert stored["spec"]["cleanup"]["logs"] == "Archive", path.name
