@@ -448,8 +448,10 @@ class DemoRunner:
         size = sum(p.stat().st_size for d in dirs for p in d.iterdir() if p.is_file())
         if int(archived_metric) == size:
             agree = "= agent_controller_archived_bytes_total"
-        else:   # Agents you applied meanwhile were archived too (the metric counts every archive)
-            agree = f"agent_controller_archived_bytes_total {int(archived_metric)}: includes your own Agents"
+        elif int(archived_metric) > size:     # the metric counts every archive: yours too
+            agree = f"; agent_controller_archived_bytes_total {int(archived_metric)} counts the Agents you applied too"
+        else:
+            agree = f"; agent_controller_archived_bytes_total says {int(archived_metric)}"
         durations = sorted(ctl.runtime.cleanup_durations)
         p50 = _quantile(durations, 0.5)
         p99 = _quantile(durations, 0.99)

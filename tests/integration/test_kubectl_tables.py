@@ -7,6 +7,7 @@ are there (AGENT_CONTROLLER_CONTROLPLANE_BIN, or scripts/install-control-plane.s
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -33,7 +34,9 @@ SPECS = {
 }
 
 
+@functools.cache
 def kubectl_binary() -> str | None:
+    """The control plane's kubectl (same release as its API server) when built, else kubectl on PATH."""
     from controller.controlplane import BinariesUnavailable, ensure_binaries
 
     try:
