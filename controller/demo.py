@@ -4,6 +4,12 @@ Starts the in-process Kubernetes API emulator and simulated kubelet, runs the re
 same code as `agent-controller run`, with its metrics and sweep) against it, launches sample agents
 that take every path — report Completed while running, exit 0, exit 1, killed, deadline, deleted
 mid-run, pod lost, plus an orphan pod for the sweep — and shows their cleanup live.
+
+The controller watches every namespace and the kubeconfig it writes (`--kubeconfig-out`, default
+`./demo.kubeconfig`) has the context namespace `demo`, so `kubectl --kubeconfig demo.kubeconfig
+apply -f examples/demo/` runs your own Agents beside the samples: images under `sim.local/` run
+their `command` as real local processes (`agentctl run -- sh -c ...`, with the pod's env and
+token), every other image is a simulated container that idles until it is killed or deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from .cliargs import int_in, port
 
 NAMESPACE = "demo"
 PATHS = ("report", "exit0", "exit1", "kill", "deadline", "delete", "podlost")
+DEFAULT_KUBECONFIG = "demo.kubeconfig"
+# Agents that really run on the demo's simulated node (images under sim.local/); in a source checkout.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 
 
 @dataclass
@@ -116,8 +125,9 @@ def add_demo_parser(sub: Any) -> None:
     p.add_argument("--archive-dir", default="./agent-archive", help="archive root (default %(default)s)")
     p.add_argument("--metrics-port", type=port, default=9102, help="Prometheus /metrics port (%(default)s)")
     p.add_argument("--health-port", type=port, default=0, help="/healthz port (default: any free port)")
-    p.add_argument("--kubeconfig-out", metavar="FILE",
-                   help="write a kubeconfig for the emulator (then: kubectl --kubeconfig FILE get agents -w)")
+    p.add_argument("--kubeconfig-out", metavar="FILE", default=DEFAULT_KUBECONFIG,
+                   help="where to write the kubeconfig of the emulator, context namespace demo (default "
+                        "%(default)s; then: kubectl --kubeconfig FILE get agents -w)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit when every agent is cleaned up and the last sweep found no leak (exit 0 only then)")
     p.add_argument("--timeout", type=float, default=180.0, help="with --exit-when-done: give up after this many "
@@ -171,6 +181,7 @@ class DemoRunner:
         self.stop = threading.Event()
         self.demo = Demo(samples=build_samples(args.agents))
         self._drawn = 0
+        self._last: dict[str, tuple[str, str]] = {}     # the state last printed, per Agent
 
     def run(self) -> int:
         from .devcluster import DevCluster
@@ -188,8 +199,9 @@ class DemoRunner:
             cluster.apply_file(str(crd))
             cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
             if self.args.kubeconfig_out:
-                cluster.kubeconfig_path(self.args.kubeconfig_out, user="admin")
-            options = Options(namespaces=[NAMESPACE], archive_dir=str(self.archive),
+                cluster.kubeconfig_path(self.args.kubeconfig_out, user="admin", namespace=NAMESPACE)
+            # Every namespace: an Agent applied anywhere (the kubeconfig's namespace is `demo`) runs.
+            options = Options(namespaces=[], archive_dir=str(self.archive),
                               metrics_port=self.args.metrics_port, health_port=self.args.health_port,
                               sweep_interval=3.0, sweep_timeout=30.0, listen_host="127.0.0.1",
                               force_delete_after=30.0)
@@ -207,8 +219,8 @@ class DemoRunner:
             self._summary(cluster, ctl, ok, why)
             if self.args.exit_when_done or self.stop.is_set():
                 return 0 if ok else 1
-            print(f"\nStill serving metrics at {ctl.metrics_url} — press Ctrl-C to stop.", file=self.out)
-            self.stop.wait()
+            self._try_it(ctl)
+            self._follow(cluster)
             return 0
         except OSError as exc:
             print(f"agent-controller demo: {exc}", file=sys.stderr)
@@ -224,11 +236,28 @@ class DemoRunner:
     def _banner(self, cluster: Any, ctl: Any) -> None:
         print("agent-controller demo — an in-process Kubernetes API emulator, a simulated kubelet and the real "
               "controller", file=self.out)
-        print(f"  API server: {cluster.url}   metrics: {ctl.metrics_url}   archive: {self.archive}", file=self.out)
+        print(f"  API server: {cluster.https_url or cluster.url}   metrics: {ctl.metrics_url}   "
+              f"archive: {self.archive}", file=self.out)
         if self.args.kubeconfig_out:
-            print(f"  watch along: kubectl --kubeconfig {self.args.kubeconfig_out} get agents -n {NAMESPACE} -w",
+            kc = self.args.kubeconfig_out
+            print(f"  kubeconfig: {kc} (context namespace {NAMESPACE}; the controller watches every namespace)",
                   file=self.out)
+            print(f"  watch along: kubectl --kubeconfig {kc} get agents -w", file=self.out)
+            print(f"  your own:    kubectl --kubeconfig {kc} apply -f {_examples_hint()}", file=self.out)
         print(file=self.out)
+
+    def _try_it(self, ctl: Any) -> None:
+        """After the samples: how to run your own Agents against the demo (it keeps running)."""
+        print(f"\nStill running (metrics at {ctl.metrics_url}) — press Ctrl-C to stop.", file=self.out)
+        if not self.args.kubeconfig_out:
+            print(file=self.out, flush=True)
+            return
+        kc = self.args.kubeconfig_out
+        print(f"Run your own Agents (images under sim.local/ run their command as real local processes):\n"
+              f"  kubectl --kubeconfig {kc} apply -f {_examples_hint()}\n"
+              f"  kubectl --kubeconfig {kc} get agents -w\n"
+              f"  kubectl --kubeconfig {kc} describe agent hello\n"
+              f"Their archived logs: {self.archive}/{NAMESPACE}/<agent>/<uid>/agent.log\n", file=self.out, flush=True)
 
     def _launch(self, cluster: Any) -> None:
         for sample in self.demo.samples:
@@ -263,18 +292,20 @@ class DemoRunner:
                 print(f"demo: could not {s.path} {s.name}: {exc}", file=sys.stderr)
 
     def _rows(self, cluster: Any) -> list[tuple[str, str, str, str, str, bool]]:
-        agents = {a["metadata"]["name"]: a for a in cluster.list("agents", NAMESPACE)}
+        """The samples, in order; then any other Agent (applied by you), `namespace/name` outside `demo`."""
+        agents = {(a["metadata"]["namespace"], a["metadata"]["name"]): a for a in cluster.list("agents")}
         rows = []
+        samples = set()
         for s in self.demo.samples:
-            a = agents.get(s.name)
+            a = agents.get((NAMESPACE, s.name))
+            samples.add((NAMESPACE, s.name))
             if a is None or a["metadata"]["uid"] != s.uid:
-                gone = True
-                rows.append((s.name, "(deleted)", "", "", "Succeeded" if gone else "", gone))
+                rows.append((s.name, "(deleted)", "", "", "Succeeded", True))
                 continue
-            st = a.get("status") or {}
-            c = st.get("cleanup") or {}
-            rows.append((s.name, st.get("phase") or "", str(st.get("progress", "")), st.get("podName") or "",
-                         c.get("state") or "", bool(c.get("verifiedNoLeaks"))))
+            rows.append(_row(s.name, a))
+        for (ns, name), a in sorted(agents.items()):
+            if (ns, name) not in samples:
+                rows.append(_row(name if ns == NAMESPACE else f"{ns}/{name}", a))
         return rows
 
     def _draw(self, rows: list[tuple[str, str, str, str, str, bool]], elapsed: float, note: str) -> None:
@@ -293,17 +324,18 @@ class DemoRunner:
         self.out.flush()
 
     def _watch(self, cluster: Any, ctl: Any) -> tuple[bool, str]:
-        last: dict[str, tuple[str, str]] = {}
+        last = self._last
         orphan_reported = False
         while not self.stop.is_set():
             elapsed = time.monotonic() - self.demo.started
             rows = self._rows(cluster)
-            self._act(cluster, elapsed, {r[0]: r[1] for r in rows})
+            sample_rows = rows[:len(self.demo.samples)]
+            self._act(cluster, elapsed, {r[0]: r[1] for r in sample_rows})
             orphan_left = any(p["metadata"]["uid"] == self.demo.orphan_uid for p in cluster.list("pods", NAMESPACE))
             report = ctl.sweeper.last_report
             sweep_clean = report is not None and not sum(report.found.values()) and \
                 ctl.sweeper.last_success is not None
-            done = all(r[5] for r in rows) and not orphan_left and sweep_clean
+            done = all(r[5] for r in sample_rows) and not orphan_left and sweep_clean
             note = "orphan pod waiting for the sweep" if orphan_left else "orphan reaped by the sweep"
             if self.tty:
                 self._draw(rows, elapsed, note)
@@ -312,21 +344,66 @@ class DemoRunner:
                     orphan_reported = True
                     print(f"[{elapsed:5.1f}s] orphaned-helper (a pod whose Agent never existed): archived and "
                           f"reaped by the sweep", file=self.out, flush=True)
-                for name, phase, _, _, cleanup, verified in rows:
-                    state = (phase, cleanup + ("/verified" if verified else ""))
-                    if last.get(name) != state:
-                        last[name] = state
-                        print(f"[{elapsed:5.1f}s] {name}: phase={phase or '-'} cleanup={state[1] or '-'}",
-                              file=self.out, flush=True)
+                self._print_changes(rows, last, elapsed)
             if done:
                 return True, "every agent cleaned up and verified, last sweep found no leak"
             if self.args.exit_when_done and elapsed > self.args.timeout:
-                stuck = [r[0] for r in rows if not r[5]]
+                stuck = [r[0] for r in sample_rows if not r[5]]
                 return False, (f"timed out after {self.args.timeout:.0f}s: not cleaned up: {', '.join(stuck) or '-'}"
                                + ("; orphan pod still present" if orphan_left else "")
                                + ("" if sweep_clean else "; last sweep still found leaks"))
             self.stop.wait(0.25)
         return False, "interrupted"
+
+    def _print_changes(self, rows: list[tuple[str, str, str, str, str, bool]],
+                       last: dict[str, tuple[str, str]], elapsed: float) -> None:
+        for name, phase, progress, _, cleanup, verified in rows:
+            state = (phase, cleanup + ("/verified" if verified else ""))
+            if not phase and not cleanup:
+                continue    # just created: the controller has not set its phase yet
+            if last.get(name) != state:
+                last[name] = state
+                shown = f" progress={progress}" if progress and phase not in ("(deleted)",) else ""
+                print(f"[{elapsed:5.1f}s] {name}: phase={phase or '-'}{shown} cleanup={state[1] or '-'}",
+                      file=self.out, flush=True)
+
+    def _follow(self, cluster: Any) -> None:
+        """After the summary, until Ctrl-C: one line per change of the Agents you apply, and where
+        each one's logs were archived."""
+        sample_names = {s.name for s in self.demo.samples}
+        last = self._last
+        told: set[str] = set()
+        shown: set[str] = {name for name in last if name not in sample_names}
+        while not self.stop.is_set():
+            elapsed = time.monotonic() - self.demo.started
+            try:
+                agents = cluster.list("agents")
+            except Exception:  # noqa: BLE001 - the emulator is stopping
+                return
+            present: set[str] = set()
+            for a in sorted(agents, key=lambda a: (a["metadata"]["namespace"], a["metadata"]["name"])):
+                ns, name = a["metadata"]["namespace"], a["metadata"]["name"]
+                if ns == NAMESPACE and name in sample_names:
+                    continue
+                label = name if ns == NAMESPACE else f"{ns}/{name}"
+                present.add(label)
+                self._print_changes([_row(label, a)], last, elapsed)
+                cleanup = (a.get("status") or {}).get("cleanup") or {}
+                uid = a["metadata"]["uid"]
+                if cleanup.get("state") == "Succeeded" and uid not in told:
+                    told.add(uid)
+                    files = cleanup.get("archivedFiles") or []
+                    if files:
+                        where = (f"{len(files)} files ({cleanup.get('archivedBytes', 0)} bytes) archived in "
+                                 f"{self.archive / Path(files[0]).parent}/")
+                    else:
+                        where = "cleaned up; logs not kept (cleanup.logs: Delete)"
+                    print(f"[{elapsed:5.1f}s] {label}: {where}", file=self.out, flush=True)
+            for label in sorted(shown - present):
+                print(f"[{elapsed:5.1f}s] {label}: deleted", file=self.out, flush=True)
+                last.pop(label, None)
+            shown = present
+            self.stop.wait(0.25)
 
     def _verify_archives(self, cluster: Any) -> tuple[int, list[str]]:
         """Every archived log must be byte-identical to what the simulated kubelet served."""
@@ -344,10 +421,19 @@ class DemoRunner:
                 bad.append(s.name)
         return checked, bad
 
+    def _run_archives(self) -> list[Path]:
+        """This run's archive directories (the samples' and the orphan's, by UID): an archive root
+        reused across runs also holds earlier runs' archives, which this run did not write."""
+        ns_dir = self.archive / NAMESPACE
+        dirs = [ns_dir / s.name / s.uid for s in self.demo.samples if s.uid]
+        if self.demo.orphan_uid:
+            dirs.append(ns_dir / "_orphans" / self.demo.orphan_uid)
+        return [d for d in dirs if (d / "MANIFEST.json").is_file()]
+
     def _summary(self, cluster: Any, ctl: Any, ok: bool, why: str) -> None:
         text = ctl.runtime.metrics.render().decode()
         triggers: dict[str, float] = {}
-        found = reaped = 0.0
+        found = reaped = archived_metric = 0.0
         for line in text.splitlines():
             if line.startswith("agent_controller_cleanups_total{") and 'result="success"' in line:
                 trig = line.split('trigger="')[1].split('"')[0]
@@ -356,21 +442,48 @@ class DemoRunner:
                 found += float(line.rsplit(" ", 1)[1])
             elif line.startswith("agent_controller_leaks_reaped_total{"):
                 reaped += float(line.rsplit(" ", 1)[1])
-        files = list(self.archive.glob(f"{NAMESPACE}/**/MANIFEST.json"))
-        size = sum(p.stat().st_size for m in files for p in m.parent.iterdir() if p.is_file())
+            elif line.startswith("agent_controller_archived_bytes_total "):
+                archived_metric = float(line.rsplit(" ", 1)[1])
+        dirs = self._run_archives()
+        size = sum(p.stat().st_size for d in dirs for p in d.iterdir() if p.is_file())
+        if int(archived_metric) == size:
+            agree = "= agent_controller_archived_bytes_total"
+        elif int(archived_metric) > size:     # the metric counts every archive: yours too
+            agree = f"; agent_controller_archived_bytes_total {int(archived_metric)} counts the Agents you applied too"
+        else:
+            agree = f"; agent_controller_archived_bytes_total says {int(archived_metric)}"
         durations = sorted(ctl.runtime.cleanup_durations)
         p50 = _quantile(durations, 0.5)
         p99 = _quantile(durations, 0.99)
+        orphans = sum(1 for d in dirs if d.parent.name == "_orphans")
         print(file=self.out)
         print(("DONE: " if ok else "NOT DONE: ") + why, file=self.out)
         print(f"  agents:            {len(self.demo.samples)}", file=self.out)
         print("  cleanups:          " + ", ".join(f"{k}={int(v)}" for k, v in sorted(triggers.items()) if v),
               file=self.out)
-        print(f"  archives:          {len(files)} ({size} bytes) under {self.archive}/{NAMESPACE}/", file=self.out)
+        print(f"  archives:          {len(dirs)} ({len(dirs) - orphans} agents + {orphans} orphan pod; {size} bytes "
+              f"{agree}) under {self.archive}/{NAMESPACE}/", file=self.out)
         print(f"  leaks:             {int(found)} found by the sweep, {int(reaped)} reaped", file=self.out)
         print(f"  cleanup duration:  p50 {p50:.2f}s, p99 {p99:.2f}s (terminal phase -> verifiedNoLeaks)",
               file=self.out)
         print(f"  metrics:           {ctl.metrics_url}", file=self.out)
+
+
+def _row(name: str, agent: dict[str, Any]) -> tuple[str, str, str, str, str, bool]:
+    st = agent.get("status") or {}
+    c = st.get("cleanup") or {}
+    return (name, st.get("phase") or "", str(st.get("progress", "")), st.get("podName") or "",
+            c.get("state") or "", bool(c.get("verifiedNoLeaks")))
+
+
+def _examples_hint() -> str:
+    """Where the demo's runnable examples are (relative to the working directory when below it)."""
+    if not EXAMPLES.is_dir():
+        return "examples/demo/   (in the agent-controller source tree)"
+    try:
+        return str(EXAMPLES.relative_to(Path.cwd())) + "/"
+    except ValueError:
+        return str(EXAMPLES) + "/"
 
 
 def _quantile(values: list[float], q: float) -> float:

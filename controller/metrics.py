@@ -70,6 +70,9 @@ class Metrics:
                                         buckets=SWEEP_BUCKETS, registry=r)
         self.last_sweep_success = Gauge("agent_controller_last_sweep_success_timestamp_seconds",
                                         "Unix time of the latest successful sweep.", registry=r)
+        self.sweep_interval = Gauge("agent_controller_sweep_interval_seconds",
+                                    "The configured --sweep-interval (dashboards show the sweep's age in intervals).",
+                                    registry=r)
         self.incomplete_logs = Counter("agent_controller_incomplete_logs",
                                        "Archived logs known to miss bytes, by why.", ["reason"], registry=r)
         self._phase_source: Callable[[], Mapping[str, int]] = dict

@@ -105,6 +105,7 @@ class Sweeper:
         self.orphan_min_age = interval if orphan_min_age is None else orphan_min_age
         self.acting = acting             # with leader election: only the leader sweeps
         self.interval = interval
+        rt.metrics.sweep_interval.set(interval)
         self.timeout = timeout if timeout is not None else 30.0
         self.started_at = time.time()
         self.last_success: float | None = None
@@ -299,7 +300,9 @@ class Sweeper:
                 if pod is None:
                     return      # gone meanwhile
                 directory = rt.archive.orphan_dir(meta["namespace"], meta["uid"])
-                await archive_and_stop_pods(rt, directory, [pod], _grace(pod), extra_files={})
+                archived = await archive_and_stop_pods(rt, directory, [pod], _grace(pod), extra_files={})
+                if not archived.already_existed:      # an orphan's archive counts like an Agent's
+                    rt.metrics.archived_bytes.inc(archived.bytes)
                 if await rt.client.get_same(PODS, pod) is not None:
                     raise RuntimeError("still present after its deletion (a finalizer, or its node is gone)")
             else:

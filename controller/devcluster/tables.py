@@ -7,8 +7,10 @@ other built-ins have their kubectl columns; everything else prints NAME/AGE.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from decimal import Decimal
 from collections.abc import Callable
 from typing import Any
 
@@ -125,13 +127,52 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
     return cur
 
 
+def _go_float(v: float) -> str:
+    """Go's fmt %v of a float64: the shortest digits, in %e form when the exponent is < -4 or >= 6
+    (``1e-05``, ``1.2345675e+06``, ``0.5``)."""
+    if v == 0:
+        return "0"
+    sign = "-" if v < 0 else ""
+    d = Decimal(repr(abs(v)))
+    _, digits, exponent = d.as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    assert isinstance(exponent, int)
+    exp = len(digits) + exponent - 1
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{sign}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return sign + format(d.normalize(), "f")
+
+
+def _go_json(v: Any) -> str:
+    """encoding/json.Marshal (sorted keys, no spaces, <>& escaped)."""
+    text = json.dumps(v, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _jsonpath_text(v: Any) -> str:
+    """How kubectl's JSONPath (k8s.io/client-go/util/jsonpath) prints one value."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _go_float(v)
+    return _go_json(v)
+
+
 def _cell(ctype: str, values: list[Any], now: float) -> Any:
-    """apiextensions tableconvertor.cellForJSONValue (first value only)."""
+    """apiextensions tableconvertor.cellForJSONValue (first value only); a `string` column prints
+    any value as JSONPath does (kube-apiserver: column.PrintResults)."""
     if not values:
         return None
     v = values[0]
     if v is None:
         return None
+    if ctype == "string":
+        return _jsonpath_text(v)
     if ctype == "integer":
         if isinstance(v, bool):
             return None
@@ -146,8 +187,6 @@ def _cell(ctype: str, values: list[Any], now: float) -> Any:
         return None
     if ctype == "boolean":
         return v if isinstance(v, bool) else None
-    if ctype == "string":
-        return v if isinstance(v, str) else None
     if ctype == "date":
         if isinstance(v, str):
             return _age(v, now)
@@ -312,7 +351,8 @@ def _crd_columns(rt: ResourceType) -> list[Column]:
             "name": name,
             "type": ctype,
             "format": pc.get("format", ""),
-            "description": pc.get("description", ""),
+            # kube-apiserver's tableconvertor: a column without a description gets this one
+            "description": pc.get("description") or f"Custom resource definition column (in JSONPath format): {path}",
             "priority": int(pc.get("priority", 0)),
         }
 

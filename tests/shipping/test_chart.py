@@ -336,10 +336,23 @@ def test_alert_rules_follow_values() -> None:
     rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
     by_name = {r["alert"]: r for r in rules}
     assert by_name["AgentControllerSweepNotSucceeding"]["expr"].endswith("> 90")
+    assert by_name["AgentControllerSweepNotSucceeding"]["for"] == "1m"
     for r in rules:
         assert 'job="custom-job"' in r["expr"], r["alert"]
         assert r["labels"]["team"] == "ml"
         assert r["labels"]["severity"] in ("warning", "critical")
+
+
+def test_alert_thresholds_follow_values() -> None:
+    docs = render({"prometheusRule": {"enabled": True, "alerts": {
+        "leakedForSeconds": 90, "cleanupStuckSeconds": 1800, "downForSeconds": 0, "incompleteLogsWindowSeconds": 7200}}})
+    by_name = {r["alert"]: r for r in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert by_name["AgentControllerLeakedResources"]["for"] == "90s"
+    assert "for more than 90s" in by_name["AgentControllerLeakedResources"]["annotations"]["summary"]
+    assert by_name["AgentControllerCleanupsStuck"]["expr"].endswith("> 1800")
+    assert "(more than 30m)" in by_name["AgentControllerCleanupsStuck"]["annotations"]["description"]
+    assert by_name["AgentControllerDown"]["for"] == "0s"
+    assert "[2h]" in by_name["AgentControllerIncompleteLogs"]["expr"]
 
 
 def leader_election_role(docs: list[dict[str, Any]]) -> dict[str, Any]:

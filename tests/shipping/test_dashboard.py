@@ -1,5 +1,6 @@
 """The Grafana dashboard: valid against Grafana's dashboard schema, every query parses as PromQL
-and uses only the contract's metrics (data/contract.yaml), and it covers what an operator needs to see."""
+and uses only metrics the controller serves (the contract's, data/contract.yaml, and its extra
+ones; and Prometheus' `up`), and it covers what an operator needs to see."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .shiputil import CHART, DATA, ROOT, CONTRACT_METRICS, exposed_metric_names, promql_analyse
+from .shiputil import CHART, DATA, ROOT, CONTRACT_METRICS, promql_analyse, served_metric_names
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "agent-controller-dashboard.json"
 
@@ -62,15 +63,15 @@ def test_schema_check_is_not_vacuous() -> None:
     assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
 
 
-def test_queries_parse_and_use_only_spec_metrics() -> None:
+def test_queries_parse_and_use_only_served_metrics() -> None:
     d = dashboard()
     found = queries(d)
     assert len(found) >= 15
     for (title, expr), result in zip(found, promql_analyse([substitute(e) for _, e in found])):
         assert result["error"] is None, f"{title}: {expr}: {result['error']}"
         assert result["metrics"], f"{title}: {expr}"
-        unknown = set(result["metrics"]) - exposed_metric_names()
-        assert not unknown, f"{title}: metrics not in the contract: {unknown}"
+        unknown = set(result["metrics"]) - served_metric_names() - {"up"}
+        assert not unknown, f"{title}: metrics the controller does not serve: {unknown}"
         for name in result["metrics"]:
             if name.endswith("_bucket"):
                 assert "histogram_quantile" in expr, (
@@ -83,7 +84,7 @@ def test_template_variables_use_spec_metrics() -> None:
         query = var.get("query")
         if var["type"] == "query":
             names = set(re.findall(r"agent_controller_\w+", query))
-            assert names and names <= exposed_metric_names(), var
+            assert names and names <= served_metric_names(), var
 
 
 def test_dashboard_covers_the_operators_questions() -> None:
@@ -101,6 +102,10 @@ def test_dashboard_covers_the_operators_questions() -> None:
         "archive",
         "sweep duration",
         "last successful sweep",
+        "controller up",
+        "stuck retrying",
+        "incomplete logs",
+        "log bytes shipped",
     ]:
         assert needle in titles, needle
     assert "histogram_quantile(0.5," in text and "histogram_quantile(0.99," in text
@@ -108,7 +113,24 @@ def test_dashboard_covers_the_operators_questions() -> None:
     assert "by (kind, reason)" in text and 'result="failure"' in text and "by (trigger)" in text
     used = set(re.findall(r"agent_controller_\w+", text))
     base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
-    assert base == set(CONTRACT_METRICS), f"metrics never shown: {set(CONTRACT_METRICS) - base}"
+    assert set(CONTRACT_METRICS) <= base, f"metrics never shown: {set(CONTRACT_METRICS) - base}"
+    for name in ("agent_controller_cleanups_retrying", "agent_controller_cleanup_retrying_longest_seconds",
+                 "agent_controller_sweep_interval_seconds", "agent_controller_shipped_bytes_total"):
+        assert name in used, name
+    assert 'up{job=~"$job"}' in text
+
+
+def test_sweep_age_is_in_intervals_not_fixed_seconds() -> None:
+    """The sweep's age is shown divided by the configured interval, so its thresholds (2, 3: /healthz
+    fails) hold for any --sweep-interval; no panel has a threshold in seconds of a 60 s interval."""
+    sweep_age = [p for p in panels(dashboard()) if "last successful sweep" in p.get("title", "").lower()]
+    assert sweep_age
+    for p in sweep_age:
+        (target,) = p["targets"]
+        assert "/ max(agent_controller_sweep_interval_seconds" in target["expr"], p["title"]
+        steps = [s["value"] for s in p["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+        assert steps == [None, 2, 3], p["title"]
+        assert p["fieldConfig"]["defaults"]["unit"] == "none"
 
 
 def test_unique_panel_ids_and_grid() -> None:
