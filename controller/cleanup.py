@@ -151,6 +151,13 @@ def begin(rt: Runtime, agent: Mapping[str, Any], trigger: str, thorough: bool) -
         started = next((p.state.started_at for p in rt.pods.owned_by(meta["uid"]) if p.state.started_at), None)
         if started:
             start["startTime"] = started
+    fitting = api.phase_reason(status.get("phase"), status.get("reason"))
+    if fitting != status.get("reason"):
+        # The agent reported its end without a reason of its own: the controller's last one (say
+        # PodRunning) does not describe it.
+        start["reason"] = fitting
+    start["conditions"] = api.conditions_for(status.get("phase"), fitting, api.CLEANUP_RUNNING,
+                                             status.get("conditions"), now, status.get("message") or "")
     fast = not thorough and number == 1 and rt.children.get(meta["uid"]) is not None
     snapshot = {**agent, "status": {**status, **start}}
     return Attempt(agent, trigger, number, list(cleanup.get("errors") or []), finished_at, start, recorded,
@@ -281,8 +288,9 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
     final = await patch_status(rt, attempt.agent, {
         **attempt.start,
         "cleanup": recorded,
-        "conditions": api.conditions_for(status.get("phase"), status.get("reason"), api.CLEANUP_SUCCEEDED,
-                                         status.get("conditions"), done_at, status.get("message") or ""),
+        "conditions": api.conditions_for(status.get("phase"), attempt.start.get("reason", status.get("reason")),
+                                         api.CLEANUP_SUCCEEDED, status.get("conditions"), done_at,
+                                         status.get("message") or ""),
     })
     new_bytes = archived.bytes if archived is not None and not archived.already_existed else 0
     rt.archive_failing.discard(uid)
@@ -304,11 +312,13 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
     if attempt.reported and status.get("phase") == api.COMPLETED:
         ended = f"{_ending(status)} "
     elif status.get("reason") == api.REASON_POD_SUCCEEDED:
-        ended = f"{status.get('message') or ''} "
+        ended = f"{_sentence(str(status.get('message') or ''))} "
     else:
         ended = ""
+    after = "deletion" if trigger == api.TRIGGER_DELETED else "the sweep's finding" \
+        if trigger == api.TRIGGER_SWEEP else str(trigger)
     await rt.events.post(final, NORMAL, "CleanedUp",
-                         f"{ended}Cleanup ({trigger}) succeeded: {pod}prompt and credentials deleted, {what}, "
+                         f"{ended}Cleaned up after {after}: {pod}prompt and credentials deleted, {what}, "
                          f"no leaks.")
     log.info("cleanup succeeded", extra={"agent": f"{ns}/{name}", "trigger": trigger, "archived_bytes": new_bytes})
     return Outcome(trigger=trigger, done=True, archive=archived, new_bytes=new_bytes, final=final)
@@ -326,14 +336,16 @@ async def record_failure(rt: Runtime, attempt: Attempt, exc: BaseException) -> C
     if reason:
         rt.metrics.archive_errors.labels(reason=reason).inc()
         rt.archive_failing.add(uid)
-    rt.retrying.setdefault(uid, time.time())
+    # Failing since the agent ended (its completionTime): the same after a restart of the controller.
+    rt.retrying.setdefault(uid, attempt.finished_at.timestamp())
     rt.metrics.cleanups.labels(trigger=attempt.trigger, result="failure").inc()
     attempt.recorded.update({"state": api.CLEANUP_RETRYING, "errors": errors})
     with contextlib.suppress(ApiError):
         await patch_status(rt, attempt.agent, {**attempt.start, "cleanup": attempt.recorded})
     advice = exc.retry_after if isinstance(exc, ApiError) else None
     delay = advice if advice is not None else retry_delay(attempt.number, base=RETRY_BASE_SECONDS)
-    await rt.events.post(attempt.agent, WARNING, "CleanupRetrying", f"{message}; retrying in {delay:.0f}s",
+    kept = "; the pod is kept until its logs are archived" if reason else ""
+    await rt.events.post(attempt.agent, WARNING, "CleanupRetrying", f"{message}{kept}; retrying in {delay:.0f}s",
                          aggregate=True)
     log.warning("cleanup of %s/%s failed (%s); retrying in %.0fs", meta["namespace"], meta["name"], exc, delay)
     return CleanupFailed(message, delay)
@@ -343,8 +355,13 @@ async def record_failure(rt: Runtime, attempt: Attempt, exc: BaseException) -> C
 
 
 def _ending(status: Mapping[str, Any]) -> str:
-    message = str(status.get("message") or "").strip()
-    return f"The agent reported {status.get('phase')}" + (f": {message}" if message else ".")
+    message = str(status.get("message") or "").strip().rstrip(".")
+    return f"The agent reported {status.get('phase')}" + (f": {message}." if message else ".")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?")) else text + "."
 
 
 def _name(obj: Mapping[str, Any]) -> str:

@@ -263,10 +263,13 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
         if phase == api.PENDING:
             return Decision(status=StatusChange(api.RUNNING, api.REASON_POD_RUNNING, "The agent's pod is running.",
                                                 start_time=True), requeue_after=deadline_in)
-        if not status.get("startTime"):
-            # The agent reported before the controller saw its pod running: stamp the start all the same.
-            return Decision(status=StatusChange(phase, str(status.get("reason") or ""),
-                                                str(status.get("message") or ""), start_time=True),
+        reason = status.get("reason")
+        fitting = api.phase_reason(phase, reason) if reason else ""
+        if not status.get("startTime") or fitting != (reason or ""):
+            # The agent reported before the controller saw its pod running (stamp the start all the
+            # same), or without a reason of its own (the controller's last one describes another phase).
+            return Decision(status=StatusChange(phase, fitting or phase, str(status.get("message") or ""),
+                                                start_time=not status.get("startTime")),
                             requeue_after=deadline_in)
         return Decision(requeue_after=deadline_in)
     if phase == api.PENDING and pod.waiting_reason:

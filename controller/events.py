@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ class EventRecorder:
         stamp = _ts(now)
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace")},
+            # Named as client-go names Events (<object>.<unix nanos in hex>): they sort in the order posted.
+            "metadata": {"name": f"{str(meta.get('name', 'object'))[:236]}.{time.time_ns():x}",
+                         "namespace": meta.get("namespace")},
             "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
                                "name": meta.get("name"), "namespace": meta.get("namespace"),
                                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},

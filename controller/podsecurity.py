@@ -163,10 +163,12 @@ class Violation:
 
     def __str__(self) -> str:
         return (f"{self.field}: {self.detail} ({self.control.title}: {self.control.allowed}; "
-                f"the controller runs with --pod-security {self._where()})")
+                f"{self._where()})")
 
     def _where(self) -> str:
-        return "restricted" if self.control.level == RESTRICTED else "baseline or restricted"
+        if self.control.level == RESTRICTED:
+            return "not allowed at --pod-security restricted, allowed at baseline or privileged"
+        return "allowed only at --pod-security privileged"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -199,8 +199,9 @@ async def _post_transition(rt: Runtime, agent: Mapping[str, Any], before: Mappin
         return
     if change.pod_created and change.reason == api.REASON_CREATED:
         await rt.events.post(agent, NORMAL, "PodCreated", f"Created pod {pod_name(agent['metadata']['name'])}.")
-    elif change.start_time and change.phase == api.RUNNING:
-        await rt.events.post(agent, NORMAL, "Started", change.message)
+    elif change.start_time and not before.get("startTime"):
+        await rt.events.post(agent, NORMAL, "Started", "The agent's pod is running." if change.phase == api.RUNNING
+                             else f"The agent's pod is running (the agent reported {change.phase} first).")
     elif change.reason in _WARNING_REASONS:
         await rt.events.post(agent, WARNING, change.reason, change.message, aggregate=True)
     elif api.is_terminal(change.phase) and change.reason != api.REASON_POD_SUCCEEDED:

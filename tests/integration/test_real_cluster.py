@@ -91,7 +91,8 @@ def test_10_an_agent_reporting_before_it_was_seen_running(api, ns, controller):
     """Conditions and times are right whatever order the events arrive in."""
     api.create_agent(ns, "eager", {"image": "agent:1", "env": script([
         {"report": {"phase": "Working", "progress": 10, "message": "at once"}}, {"sleep": 3600}])})
-    agent = wait_for(lambda: (a := api.agent(ns, "eager"))["status"].get("startTime") and a, message="startTime")
+    agent = wait_for(lambda: (a := api.agent(ns, "eager"))["status"].get("startTime")
+                     and a["status"].get("phase") == "Working" and a, message="Working, with its startTime")
     conds = {c["type"]: c for c in agent["status"]["conditions"]}
     assert agent["status"]["phase"] == "Working"
     assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] != "Created"

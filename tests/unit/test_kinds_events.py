@@ -127,7 +127,7 @@ class FakeEvents:
         assert res is EVENTS
         if self.fail_create:
             raise ApiError(403, "Forbidden", "events is forbidden")
-        name = body["metadata"]["generateName"] + f"{len(self.created):05d}"
+        name = body["metadata"]["name"]
         stored = {**body, "metadata": {**body["metadata"], "name": name, "namespace": ns}}
         self.created.append(stored)
         return stored
@@ -167,7 +167,8 @@ async def test_first_post_creates_an_event():
     await rec.post(obj(), WARNING, "CleanupRetrying", "attempt 1: boom", aggregate=True)
     (event,) = api.created
     assert api.patches == []
-    assert event["metadata"]["generateName"] == "a1." and event["metadata"]["namespace"] == "ns"
+    assert event["metadata"]["name"].startswith("a1.") and event["metadata"]["namespace"] == "ns"
+    int(event["metadata"]["name"].split(".")[1], 16)        # <object>.<unix nanos, hex>, as client-go names them
     assert event["involvedObject"] == {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent", "name": "a1",
                                        "namespace": "ns", "uid": UID, "resourceVersion": "42"}
     assert (event["type"], event["reason"], event["message"], event["count"]) == (WARNING, "CleanupRetrying",

@@ -90,8 +90,8 @@ def test_violation_text_names_field_rule_and_flag() -> None:
     spec = base()
     spec["hostNetwork"] = True
     (v,) = podsecurity.violations(spec, RESTRICTED)
-    assert str(v) == ("spec.hostNetwork: must not be true (Host Namespaces: unset or false; the controller runs "
-                      "with --pod-security baseline or restricted)")
+    assert str(v) == ("spec.hostNetwork: must not be true (Host Namespaces: unset or false; allowed only at "
+                      "--pod-security privileged)")
 
 
 def test_unknown_level() -> None:
