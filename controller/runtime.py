@@ -105,6 +105,7 @@ class Runtime:
     recent: dict[AgentKey, bytes] = field(default_factory=dict)   # the last state of each Agent, slim (remember)
     cleanup_durations: list[float] = field(default_factory=list)   # seconds, for the demo's summary (last 10 000)
     cleaned: dict[str, asyncio.Future[None]] = field(default_factory=dict)   # uid -> resolved on cleanup success
+    cleaned_at: dict[str, float] = field(default_factory=dict)   # uid -> time.monotonic() of its last cleanup success
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)   # background work, by name
     fence: Callable[[], bool] = lambda: True          # False once this replica may have lost its lease
 
@@ -124,6 +125,7 @@ class Runtime:
         return future
 
     def mark_cleaned(self, uid: str) -> None:
+        self.cleaned_at[uid] = time.monotonic()
         self.retrying.pop(uid, None)
         self.backoffs.pop(uid, None)
         future = self.cleaned.get(uid)
@@ -186,6 +188,7 @@ class Runtime:
         self.retrying.pop(uid, None)
         self.backoffs.pop(uid, None)
         self.events.forget(uid)
+        self.cleaned_at.pop(uid, None)
         future = self.cleaned.pop(uid, None)
         if future is not None and not future.done():
             future.cancel()

@@ -52,6 +52,7 @@ class Leak:
     obj: dict[str, Any]
     agent: dict[str, Any] | None = None
     owner_name: str = ""       # the controlling Agent's name (ownerReferences), to confirm an orphan
+    listed_at: float = 0.0     # time.monotonic() when the sweep began to list (see _reap_agent)
 
     @property
     def key(self) -> str:
@@ -238,11 +239,13 @@ class Sweeper:
         # only the leaks are kept. Still one list per kind (and of the Agents), per namespace.
         scopes: list[str | None] = list(rt.namespaces) or [None]
         report = SweepReport()
+        listed_at = time.monotonic()
         classifier = Classifier(await self._list_agents(scopes), rt.clock(), set(rt.archive_failing))
         leaks = await self._classify_children(scopes, classifier, report)
         del classifier
         leaks = await self._confirm_orphans(leaks, report)
         for leak in leaks:
+            leak.listed_at = listed_at
             report.found[(leak.kind, leak.reason)] += 1
             if leak.key not in self._detected:
                 self._detected[leak.key] = None
@@ -328,6 +331,10 @@ class Sweeper:
         assert agent is not None
         meta = agent["metadata"]
         key = (meta["namespace"], meta["name"])
+        if rt.cleaned_at.get(meta["uid"], -1.0) >= leaks[0].listed_at:
+            # Its cleanup succeeded after this sweep began to list: the finding predates it (what is
+            # left, if anything, the next sweep finds again).
+            return
         rt.leftovers.add(meta["uid"])
         rt.backoffs.pop(meta["uid"], None)      # the sweep's finding is tried now, whatever the last failure
         try:

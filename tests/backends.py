@@ -27,7 +27,7 @@ import yaml
 from helpers import Api, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-CRDS = [ROOT / "manifests" / "crd.yaml", ROOT / "helm" / "agent-controller" / "crds" / "kopfpeerings.kopf.dev.yaml"]
+CRDS = [ROOT / "manifests" / "crd.yaml"]
 CHART = ROOT / "helm" / "agent-controller"
 TOOLS = Path(os.environ.get("AGENT_CONTROLLER_TOOLS") or ROOT / ".tools")
 BACKENDS = ("emulator", "control-plane")
@@ -159,8 +159,7 @@ def start_control_plane(workdir: Path) -> ControlPlaneBackend:
     try:
         for crd in CRDS:
             cp.kubectl("apply", "--server-side", "-f", str(crd))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agents.agentcontroller.dev",
-                   "crd/kopfpeerings.kopf.dev", "crd/clusterkopfpeerings.kopf.dev")
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agents.agentcontroller.dev")
         # The CRD's OpenAPI schema is published a moment after it is Established: wait until
         # `kubectl explain` (and server-side apply's schema) knows it.
         wait_for(lambda: cp.kubectl("explain", "agent.spec", check=False).returncode == 0,

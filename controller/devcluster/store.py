@@ -41,8 +41,12 @@ try:  # orjson is several times faster; the stdlib is the fallback
     import orjson as _orjson
 
     def dumps(obj: Any) -> bytes:
-        """Compact JSON encoding (bytes)."""
-        return _orjson.dumps(obj)
+        """Compact JSON encoding (bytes). orjson stops at 254 levels of nesting, which the
+        API server accepts (its decoder allows 10000): deeper objects take the stdlib path."""
+        try:
+            return _orjson.dumps(obj)
+        except _orjson.JSONEncodeError:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
     def loads(data: bytes | str) -> Any:
         """JSON decoding."""
