@@ -49,6 +49,8 @@ class ArchiveResult:
     files: list[str]          # relative to the archive root, MANIFEST.json last
     bytes: int
     already_existed: bool = False
+    logs_complete: bool = True        # every log entry in MANIFEST.json is `complete`
+    missing: list[str] = field(default_factory=list)   # the `missing` reason of each incomplete entry
 
 
 class GroupSync:
@@ -157,7 +159,8 @@ class Archive:
         manifest = json.loads((directory / MANIFEST).read_text())
         files = [self._rel(directory / f["name"]) for f in manifest["files"]] + [self._rel(directory / MANIFEST)]
         size = sum(f["size"] for f in manifest["files"]) + (directory / MANIFEST).stat().st_size
-        return ArchiveResult(directory, files, size, already_existed=True)
+        missing = [str(f.get("missing") or "") for f in manifest["files"] if f.get("complete") is False]
+        return ArchiveResult(directory, files, size, already_existed=True, logs_complete=not missing, missing=missing)
 
     def begin(self, directory: Path, salvage: bool = False) -> PendingArchive:
         """Create the temporary directory (this is also the writability check).
@@ -196,6 +199,7 @@ class PendingArchive:
     final: Path
     tmp: Path
     salvaged: list[str] = field(default_factory=list)   # log files kept from an interrupted run
+    logs: dict[str, dict[str, Any]] = field(default_factory=dict)   # log file -> its completeness (MANIFEST)
     _handles: dict[str, IO[bytes]] = field(default_factory=dict)
 
     def open(self, filename: str) -> IO[bytes]:
@@ -224,9 +228,13 @@ class PendingArchive:
                 handle.flush()
                 handle.close()
             names = sorted(set(self._handles) | set(self.salvaged))
+            for filename in self.salvaged:
+                # Finished from what an interrupted run had streamed: whether bytes are missing after
+                # them is not known.
+                self.logs.setdefault(filename, {"complete": False, "missing": "pod_gone"})
             for filename in names:
                 entries.append({"name": filename, "size": (self.tmp / filename).stat().st_size,
-                                "sha256": _sha256(self.tmp / filename)})
+                                "sha256": _sha256(self.tmp / filename), **self.logs.get(filename, {})})
             manifest = json.dumps({"files": entries}, indent=2, sort_keys=True).encode() + b"\n"
             with open(self.tmp / MANIFEST, "wb") as fh:
                 fh.write(manifest)
@@ -244,7 +252,8 @@ class PendingArchive:
             raise ArchiveError("write", f"cannot finish archive {self.final}: {exc}") from exc
         files = [self.archive._rel(self.final / e["name"]) for e in entries] + [self.archive._rel(self.final / MANIFEST)]
         total = sum(int(e["size"]) for e in entries) + len(manifest)
-        return ArchiveResult(self.final, files, total)
+        missing = [str(e.get("missing") or "") for e in entries if e.get("complete") is False]
+        return ArchiveResult(self.final, files, total, logs_complete=not missing, missing=missing)
 
     def close(self) -> None:
         """Close the files but keep the partial directory (a later run may salvage it)."""

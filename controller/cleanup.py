@@ -51,11 +51,14 @@ from .kinds import BY_LABEL, CHILD_KINDS, LABELS
 from .kube.client import ApiError
 from .kube.resources import AGENTS, PODS
 from .logs import archive_and_stop_pods, stop_pods
-from .names import PROMPT_KEY, uid_selector
+from .names import POD_CONTAINER, PROMPT_KEY, uid_selector
 from .runtime import Runtime
 from .workqueue import retry_delay
 
 log = logging.getLogger(__name__)
+
+# Why a log could not be read at all (MANIFEST `missing`): `logsArchived` is false then.
+UNREAD = frozenset({"kubelet_unreachable", "pod_gone", "container_gone"})
 
 RUNNING_MARK_AFTER = 1.0   # seconds: a fast-path cleanup that takes longer publishes state Running
 RUNNING_MARK_MAX_IN_FLIGHT = 100   # ... unless this many syncs are running (a burst)
@@ -244,7 +247,10 @@ async def archive_and_stop(rt: Runtime, attempt: Attempt, pods: list[dict[str, A
         return None
     meta = attempt.meta
     directory = rt.archive.agent_dir(meta["namespace"], meta["name"], meta["uid"])
-    return await archive_and_stop_pods(rt, directory, pods, grace, extra_files=lambda: agent_files(attempt))
+    output = (attempt.agent.get("status") or {}).get("output") or {}
+    expected = {POD_CONTAINER: int(output["bytes"])} if isinstance(output.get("bytes"), int) else None
+    return await archive_and_stop_pods(rt, directory, pods, grace, extra_files=lambda: agent_files(attempt),
+                                       log_timeout=spec.cleanup.log_timeout_seconds, expected=expected)
 
 
 async def delete_and_verify(rt: Runtime, attempt: Attempt, found: Children) -> dict[str, list[str]]:
@@ -279,8 +285,11 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
     status = attempt.agent.get("status") or {}
     done_at = rt.clock()
     recorded = attempt.recorded
-    recorded["logsArchived"] = archived is not None
+    # Logs the node could not serve at all are not "read and sealed"; what is missing otherwise
+    # (rotated away, a stream that could not be resumed) `logsComplete` tells.
+    recorded["logsArchived"] = archived is not None and not any(m in UNREAD for m in archived.missing)
     if archived is not None:
+        recorded["logsComplete"] = archived.logs_complete
         recorded["archivedFiles"] = archived.files
         recorded["archivedBytes"] = archived.bytes
     recorded.update({"state": api.CLEANUP_SUCCEEDED, "completionTime": api.format_time(done_at),
@@ -308,6 +317,11 @@ async def record_success(rt: Runtime, attempt: Attempt, archived: ArchiveResult 
         rt.metrics.archived_bytes.inc(new_bytes)
     files = len(archived.files) if archived else 0
     what = f"{files} files archived" if archived else "logs not kept (cleanup.logs: Delete)"
+    if archived is not None and not archived.logs_complete:
+        what += f" (logs incomplete: {', '.join(sorted(set(archived.missing)))})"
+        await rt.events.post(final, WARNING, "LogsIncomplete",
+                             f"The archive of this agent's logs is incomplete ({', '.join(archived.missing)}): "
+                             f"MANIFEST.json in {archived.directory.name} says which log misses what.")
     pod = "pod, " if recorded.get("podDeleted") else ""
     if attempt.reported and status.get("phase") == api.COMPLETED:
         ended = f"{_ending(status)} "

@@ -407,7 +407,7 @@ class KubeClient:
 
     async def stream_log(self, namespace: str, pod: str, container: str, *, follow: bool = True,
                          previous: bool = False, timestamps: bool = False, since_time: str | None = None,
-                         limit_bytes: int | None = None) -> LogStream:
+                         limit_bytes: int | None = None, tail_lines: int | None = None) -> LogStream:
         """Open a pod-log stream; returns once the server answered (the stream is established)."""
         session = await self.stream_session()
         params = {"container": container, "follow": "true" if follow else "false"}
@@ -419,6 +419,8 @@ class KubeClient:
             params["sinceTime"] = since_time
         if limit_bytes:
             params["limitBytes"] = str(limit_bytes)
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
         self.requests[("GET", "pods/log")] += 1
         for attempt in (1, 2):
             resp = await session.get(PODS.path(namespace, pod, "log"), params=params,

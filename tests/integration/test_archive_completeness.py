@@ -1,0 +1,153 @@
+"""The archive never claims more than it holds (SPEC §4 "Completeness"), through the API: an Agent
+whose node breaks its log streams, garbage-collects its container, rotates its log or becomes
+unreachable — then the archive files byte for byte, MANIFEST.json's entries, status.cleanup and the
+scraped `agent_controller_incomplete_logs_total`."""
+
+from __future__ import annotations
+
+import json
+
+from controller.nodesim import generate_output
+from helpers import leftovers, wait_for
+from test_lifecycle import archive_path, assert_manifest, cleaned
+from test_sweep import sample, scrape
+
+SIM = "sim.agentcontroller.dev/"
+SEL = "agentcontroller.dev/agent-uid="
+REASONS = ("rotated", "stream_broken", "kubelet_unreachable", "container_gone", "pod_gone")
+
+
+def simulated(steps: list[dict], **annotations: str) -> dict:
+    return {"metadata": {"annotations": {SIM + "script": json.dumps({"steps": steps}),
+                                         **{SIM + k.replace("_", "-"): v for k, v in annotations.items()}}}}
+
+
+def agent_entry(manifest: dict, name: str = "agent.log") -> dict:
+    return next(e for e in manifest["files"] if e["name"] == name)
+
+
+def incomplete(controller) -> dict[str, float]:
+    text = scrape(controller)
+    return {r: sample(text, "agent_controller_incomplete_logs_total", reason=r) for r in REASONS}
+
+
+def test_a_clean_log_is_complete(api, ns, controller, archive_dir):
+    api.create_agent(ns, "clean", {"image": "agent:1", "podTemplate": simulated(
+        [{"log": "one\n"}, {"log": "two\n"}, {"exit": 0}])})
+    agent = wait_for(cleaned(api, ns, "clean"))
+    manifest = assert_manifest(archive_path(archive_dir, agent))
+    assert (archive_path(archive_dir, agent) / "agent.log").read_bytes() == b"one\ntwo\n"
+    assert agent_entry(manifest) | {"size": 0, "sha256": ""} == {
+        "name": "agent.log", "size": 0, "sha256": "", "container": "agent", "previous": False, "complete": True}
+    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert agent["status"]["cleanup"]["logsArchived"] is True
+    assert set(incomplete(controller).values()) == {0}
+
+
+def simulated_script(script: dict, **annotations: str) -> dict:
+    return {"metadata": {"annotations": {SIM + "script": json.dumps(script),
+                                         **{SIM + k.replace("_", "-"): v for k, v in annotations.items()}}}}
+
+
+def test_broken_streams_of_an_ended_pod_are_resumed_without_a_duplicated_or_missing_line(
+        api, ns, controller, archive_dir):
+    total = 300_000
+    api.create_agent(ns, "ended", {"image": "agent:1", "podTemplate": simulated(
+        [{"write": {"bytes": total, "lineBytes": 100}}, {"exit": 0}],
+        break_log_stream_after_bytes="40000", break_log_stream_times="3")})
+    agent = wait_for(cleaned(api, ns, "ended"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100)
+    assert agent_entry(manifest)["complete"] is True
+    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert set(incomplete(controller).values()) == {0}
+
+
+def test_a_broken_stream_of_a_stopping_pod_is_resumed(api, ns, controller, archive_dir):
+    """The agent writes its output, then more during its grace period; the first stream is cut."""
+    total = 300_000
+    api.create_agent(ns, "stopping", {"image": "agent:1", "cleanup": {"gracePeriodSeconds": 30},
+                                      "podTemplate": simulated_script(
+        {"steps": [{"write": {"bytes": total, "lineBytes": 100}}, {"report": {"phase": "Working"}},
+                   {"sleep": 3600}],
+         "onTerm": [{"sleep": 1}, {"log": "bye\n"}, {"exit": 0}]},
+        break_log_stream_after_bytes="40000", break_log_stream_times="2")})
+    wait_for(lambda: api.agent(ns, "stopping").get("status", {}).get("phase") == "Working",
+             message="the whole output written")
+    api.patch_agent(ns, "stopping", {"spec": {"terminate": True}})
+    agent = wait_for(cleaned(api, ns, "stopping"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100) + b"bye\n"
+    assert agent_entry(manifest)["complete"] is True
+    assert agent["status"]["cleanup"]["logsComplete"] is True
+
+
+def test_a_cut_stream_that_cannot_be_resumed_is_marked_incomplete(api, ns, controller, archive_dir):
+    """Every stream is cut: whatever the archive holds, it does not claim to be complete."""
+    total = 300_000
+    api.create_agent(ns, "cut", {"image": "agent:1", "podTemplate": simulated(
+        [{"write": {"bytes": total, "lineBytes": 100}}, {"exit": 0}],
+        break_log_stream_after_bytes="40000", break_log_stream_times="always")})
+    agent = wait_for(cleaned(api, ns, "cut"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    kept = (directory / "agent.log").read_bytes()
+    assert generate_output(total, line_bytes=100).startswith(kept) and len(kept) < total
+    entry = agent_entry(manifest)
+    assert (entry["complete"], entry["missing"]) == (False, "stream_broken")
+    assert agent["status"]["cleanup"]["logsComplete"] is False
+    assert incomplete(controller)["stream_broken"] == 1
+
+
+def test_a_garbage_collected_container_is_not_archived_as_its_output(api, ns, controller, archive_dir):
+    api.create_agent(ns, "gone", {"image": "agent:1", "podTemplate": simulated(
+        [{"log": "lost forever\n"}, {"exit": 0}], gc_after_exit="true")})
+    agent = wait_for(cleaned(api, ns, "gone"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == b""         # not "unable to retrieve container logs…"
+    entry = agent_entry(manifest)
+    assert (entry["complete"], entry["missing"]) == (False, "container_gone")
+    assert "unable to retrieve container logs" in entry["detail"]
+    cleanup = agent["status"]["cleanup"]
+    assert (cleanup["logsComplete"], cleanup["logsArchived"], cleanup["verifiedNoLeaks"]) == (False, False, True)
+    assert incomplete(controller)["container_gone"] == 1
+    reasons = {e["reason"] for e in api.events(ns) if e["involvedObject"]["name"] == "gone"}
+    assert "LogsIncomplete" in reasons
+
+
+def test_rotated_output_is_counted_against_what_the_agent_reported(api, ns, controller, archive_dir):
+    total = 400_000
+    api.create_agent(ns, "rotated", {"image": "agent:1", "podTemplate": simulated(
+        [{"write": {"bytes": total, "lineBytes": 100}},
+         {"report": {"phase": "Completed", "output": {"bytes": total, "stdoutBytes": total, "stderrBytes": 0}}},
+         {"sleep": 3600}], log_max_size="64Ki")})
+    agent = wait_for(cleaned(api, ns, "rotated"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    kept = (directory / "agent.log").read_bytes()
+    assert 0 < len(kept) < total and generate_output(total, line_bytes=100).endswith(kept)
+    entry = agent_entry(manifest)
+    assert (entry["complete"], entry["missing"], entry["missingBytes"]) == (False, "rotated", total - len(kept))
+    assert agent["status"]["cleanup"]["logsComplete"] is False
+    assert agent["status"]["cleanup"]["logsArchived"] is True    # read and sealed; rotated away before
+    assert incomplete(controller)["rotated"] == 1
+
+
+def test_an_unreachable_node_is_given_log_timeout_then_torn_down(api, ns, controller, archive_dir):
+    api.create_agent(ns, "lost", {"image": "agent:1", "cleanup": {"logTimeoutSeconds": 1, "gracePeriodSeconds": 0},
+                                  "podTemplate": simulated([{"log": "before\n"}, {"sleep": 0.5}, {"loseNode": True},
+                                                            {"report": {"phase": "Working"}}, {"sleep": 3600}])})
+    wait_for(lambda: api.agent(ns, "lost").get("status", {}).get("phase") == "Working",
+             message="the node lost (the agent reports after that)")
+    api.patch_agent(ns, "lost", {"spec": {"terminate": True}})
+    agent = wait_for(cleaned(api, ns, "lost"), timeout=120)
+    manifest = assert_manifest(archive_path(archive_dir, agent))
+    entry = agent_entry(manifest)
+    assert (entry["complete"], entry["missing"]) == (False, "kubelet_unreachable")
+    cleanup = agent["status"]["cleanup"]
+    assert (cleanup["logsComplete"], cleanup["logsArchived"], cleanup["podDeleted"]) == (False, False, True)
+    assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
+    assert incomplete(controller)["kubelet_unreachable"] == 1
