@@ -263,9 +263,9 @@ def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> 
         if phase == api.PENDING:
             return Decision(status=StatusChange(api.RUNNING, api.REASON_POD_RUNNING, "The agent's pod is running.",
                                                 start_time=True), requeue_after=deadline_in)
-        reason = status.get("reason")
-        fitting = api.phase_reason(phase, reason) if reason else ""
-        if not status.get("startTime") or fitting != (reason or ""):
+        reported = str(status.get("reason") or "")
+        fitting = api.phase_reason(phase, reported) if reported else ""
+        if not status.get("startTime") or fitting != reported:
             # The agent reported before the controller saw its pod running (stamp the start all the
             # same), or without a reason of its own (the controller's last one describes another phase).
             return Decision(status=StatusChange(phase, fitting or phase, str(status.get("message") or ""),
