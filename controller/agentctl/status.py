@@ -224,6 +224,7 @@ def report(
     reason: str | None = None,
     *,
     retry_seconds: float = 10.0,
+    output: dict[str, int] | None = None,
 ) -> ReportResult:
     """Merge-patch ``status`` of the agent ``AGENT_NAME`` in ``AGENT_NAMESPACE``.
 
@@ -260,6 +261,8 @@ def report(
                 return ReportResult(written=False, phase=str(old_phase), previous_phase=str(old_phase))
             rv = (current.get("metadata") or {}).get("resourceVersion")
             body = _status_patch(phase, progress, message, reason, changed=old_phase != phase, rv=rv)
+            if output is not None:
+                body["status"]["output"] = output
             try:
                 _with_retries(
                     lambda t, body=body: co.patch_namespaced_custom_object_status(  # type: ignore[misc]
@@ -282,6 +285,29 @@ def report(
         raise StatusError(
             f"cannot report {phase} for agent {ns}/{name}: conflicting updates ({CONFLICT_RETRIES} attempts)"
         )
+    finally:
+        api.close()
+
+
+def report_output(output: dict[str, int], *, retry_seconds: float = 10.0) -> None:
+    """Record ``status.output`` alone (the agent had reported its terminal phase itself)."""
+    name, ns = agent_identity()
+    deadline = time.monotonic() + retry_seconds
+    api = api_client()
+    try:
+        from kubernetes import client
+
+        co = client.CustomObjectsApi(api)
+        try:
+            _with_retries(
+                lambda t: co.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, ns, PLURAL, name, {"status": {"output": output}},
+                    _content_type="application/merge-patch+json", _request_timeout=t,
+                ),
+                deadline,
+            )
+        except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+            raise _describe(exc, f"cannot report the output counts of agent {ns}/{name}", ns, name) from None
     finally:
         api.close()
 

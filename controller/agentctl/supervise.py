@@ -2,8 +2,11 @@
 
 The supervisor
 
-* starts the agent command as a child in its own process group, inheriting stdin/stdout/stderr
-  (so output reaches the container log byte for byte, unbuffered);
+* starts the agent command as a child in its own process group, inheriting stdin; its stdout and
+  stderr pass through pipes that the supervisor copies to its own, unchanged and as they come, and
+  counts (``status.output``: what the agent's process wrote, reported with its final phase, so the
+  controller can tell whether the archived log holds every byte). On a terminal the child inherits
+  stdout/stderr as they are (nothing is counted);
 * blocks the signals it handles and takes them synchronously with ``sigtimedwait`` — no
   asynchronous handlers, no races with ``waitpid``;
 * forwards SIGTERM, SIGINT, SIGHUP (and SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH) to the child's
@@ -24,6 +27,7 @@ import ctypes
 import errno
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +120,50 @@ class Outcome:
     reaped: int = 0
     killed: int = 0
     survivors: list[str] = field(default_factory=list)
+    stdout_bytes: int | None = None
+    """Bytes the process tree wrote to stdout (None: not counted — a terminal)."""
+    stderr_bytes: int | None = None
+
+    def output(self) -> dict[str, int] | None:
+        """``status.output`` as the Agent's status takes it."""
+        if self.stdout_bytes is None or self.stderr_bytes is None:
+            return None
+        return {"bytes": self.stdout_bytes + self.stderr_bytes, "stdoutBytes": self.stdout_bytes,
+                "stderrBytes": self.stderr_bytes}
+
+
+class _Forward:
+    """Copies one pipe to one of our descriptors, counting; never blocks the agent on our output."""
+
+    def __init__(self, source: int, target: int) -> None:
+        self.source, self.target, self.count = source, target, 0
+        self.thread = threading.Thread(target=self._run, name=f"forward-{target}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        broken = False
+        try:
+            while True:
+                try:
+                    data = os.read(self.source, 65536)
+                except InterruptedError:
+                    continue
+                if not data:
+                    return
+                self.count += len(data)
+                view = memoryview(data)
+                while view and not broken:
+                    try:
+                        view = view[os.write(self.target, view):]
+                    except InterruptedError:
+                        continue
+                    except OSError:
+                        broken = True     # our own output is gone: keep draining the child's
+        finally:
+            os.close(self.source)
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
 
 
 class Supervisor:
@@ -270,20 +318,39 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def _run(self) -> Outcome:
+        count = not (os.isatty(1) or os.isatty(2))
+        pipes = [os.pipe(), os.pipe()] if count else []
+        actions = [(os.POSIX_SPAWN_DUP2, w, fd) for fd, (_r, w) in zip((1, 2), pipes)]
         try:
             self.child_pid = os.posix_spawnp(
                 self.argv[0],
                 self.argv,
                 os.environ,
+                file_actions=actions,
                 setpgroup=0,
                 setsigmask=(),
                 setsigdef=_default_signals(),
             )
         except OSError as exc:
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             say(f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
             return Outcome(exit_code=code, exited_on_own=True, terminated=False)
+        forwards = []
+        for (r, w), target in zip(pipes, (1, 2)):
+            os.close(w)
+            forwards.append(_Forward(r, target))
         self._give_tty()
+        outcome = self._supervise()
+        for forward in forwards:
+            forward.join(KILL_WAIT_SECONDS)    # the tree is gone: its pipes are closed
+        if forwards:
+            outcome.stdout_bytes, outcome.stderr_bytes = forwards[0].count, forwards[1].count
+        return outcome
+
+    def _supervise(self) -> Outcome:
 
         terminated = False
         exited_on_own = False
@@ -353,8 +420,9 @@ def verification_line(o: Outcome) -> str:
     return f"process tree clean: 0 descendants left ({o.reaped} reaped, {o.killed} killed)"
 
 
-def report_exit(code: int, retry_seconds: float = REPORT_SECONDS) -> None:
-    """Report ``Completed``/``Failed`` for the child's exit code; failures only print one line."""
+def report_exit(code: int, retry_seconds: float = REPORT_SECONDS, output: dict[str, int] | None = None) -> None:
+    """Report ``Completed``/``Failed`` for the child's exit code (with ``status.output``); failures
+    only print one line."""
     name = os.environ.get("AGENT_NAME", "").strip()
     if not name:
         return
@@ -370,7 +438,10 @@ def report_exit(code: int, retry_seconds: float = REPORT_SECONDS) -> None:
     try:
         from controller.agentctl import status
 
-        result = status.report(phase, message=message, reason="ExitCode", retry_seconds=retry_seconds)
+        result = status.report(phase, message=message, reason="ExitCode", retry_seconds=retry_seconds,
+                               output=output)
+        if not result.written and output is not None:
+            status.report_output(output, retry_seconds=retry_seconds)
     except Exception as exc:  # noqa: BLE001 - the exit code must never depend on the API
         say(f"could not report {phase} (exit code {code}): {' '.join(str(exc).split())}")
         return
@@ -383,6 +454,6 @@ def run(argv: Sequence[str]) -> int:
 
     def report(outcome: Outcome) -> None:
         if outcome.exited_on_own:
-            report_exit(outcome.exit_code)
+            report_exit(outcome.exit_code, output=outcome.output())
 
     return Supervisor(argv).run(then=report).exit_code

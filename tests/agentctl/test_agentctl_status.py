@@ -305,11 +305,26 @@ def test_run_reports_the_exit(api: FakeAPI, tmp_path: Path, code: int) -> None:
 
 def test_run_does_not_overwrite_a_reported_terminal_phase(api: FakeAPI, tmp_path: Path) -> None:
     api.add_agent("team-a", "a1", {"phase": "Completed", "message": "all done"})
-    r = agentctl("run", "--", "sh", "-c", "exit 3", env=env_for(tmp_path, api))
+    r = agentctl("run", "--", "sh", "-c", "printf abc; exit 3", env=env_for(tmp_path, api))
     assert r.returncode == 3
-    assert api.patches() == []
-    assert api.objects[("team-a", "a1")]["status"] == {"phase": "Completed", "message": "all done"}
+    # Only the output counts are added: the phase and message stay the agent's.
+    assert [p["body"] for p in api.patches()] == [
+        {"status": {"output": {"bytes": 3, "stdoutBytes": 3, "stderrBytes": 0}}}]
+    assert api.objects[("team-a", "a1")]["status"] == {
+        "phase": "Completed", "message": "all done", "output": {"bytes": 3, "stdoutBytes": 3, "stderrBytes": 0}}
     assert b"already reported Completed" in r.stderr
+
+
+def test_run_passes_output_through_unchanged_and_reports_its_counts(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Working"})
+    r = agentctl("run", "--", "sh", "-c", "printf 'out\\n'; printf 'err!' >&2; printf more; exit 0",
+                 env=env_for(tmp_path, api))
+    assert r.returncode == 0
+    assert r.stdout == b"out\nmore"
+    assert r.stderr.startswith(b"err!")
+    s = api.objects[("team-a", "a1")]["status"]
+    assert s["phase"] == "Completed"
+    assert s["output"] == {"bytes": 12, "stdoutBytes": 8, "stderrBytes": 4}
 
 
 def test_run_retries_a_briefly_failing_api(api: FakeAPI, tmp_path: Path) -> None:
