@@ -4,9 +4,11 @@ Layout (SPEC §4): `<root>/<namespace>/<agent name>/<agent uid>/` holding `<cont
 `<container>.previous.log`, `prompt.txt`, `agent.json` and, written last, `MANIFEST.json`.
 Orphan pods go to `<root>/<namespace>/_orphans/<pod uid>/`.
 
-Files are written into a temporary sibling directory, made durable, then renamed into place (and
-the rename made durable). An archive whose `MANIFEST.json` exists is complete and is never written
-again.
+Files are written into an in-progress sibling directory (`.<uid>.capture`: the logs of a running
+agent are captured there from when its pod runs, each log file with a small `.state` beside it
+saying how far it got, so that a restarted controller, or another replica after a failover, resumes
+it), made durable, then renamed into place (and the rename made durable). An archive whose
+`MANIFEST.json` exists is complete and is never written again.
 
 Durability: on Linux, a group commit — one `syncfs()` of the archive file system makes the writes of
 every archive that finished writing before it started durable at once (many cleanups at a time share
@@ -32,7 +34,9 @@ from .names import InvalidName, check_name, check_namespace, check_uid, is_dns_l
 
 MANIFEST = "MANIFEST.json"
 ORPHANS = "_orphans"
-PARTIAL_MARK = ".partial-"
+PARTIAL_MARK = ".partial-"       # the in-progress directories of earlier versions (removed)
+CAPTURE_MARK = ".capture"
+STATE_SUFFIX = ".state"
 
 
 class ArchiveError(Exception):
@@ -162,32 +166,28 @@ class Archive:
         missing = [str(f.get("missing") or "") for f in manifest["files"] if f.get("complete") is False]
         return ArchiveResult(directory, files, size, already_existed=True, logs_complete=not missing, missing=missing)
 
-    def begin(self, directory: Path, salvage: bool = False) -> PendingArchive:
-        """Create the temporary directory (this is also the writability check).
+    def begin(self, directory: Path) -> PendingArchive:
+        """Open the archive's in-progress directory, creating it (this is also the writability check).
 
-        A partial archive left by an interrupted run is discarded — or, with `salvage` (the pod and
-        its logs are gone, so streaming again is impossible), its log files are kept and finished.
+        What an earlier run captured there is kept: its log files are resumed where their `.state`
+        says (PendingArchive.open_log), or — when nothing can be read any more (the pod is gone) —
+        finished as they are (`salvaged`).
         """
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
-            tmp = directory.parent / f".{directory.name}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
-            stale = sorted(directory.parent.glob(f".{directory.name}{PARTIAL_MARK}*"),
-                           key=lambda p: p.stat().st_mtime)
-            salvaged: list[str] = []
-            if salvage and stale:
-                os.rename(stale.pop(), tmp)
-                for leftover in tmp.iterdir():
-                    if leftover.name.endswith(".log") and leftover.is_file():
-                        salvaged.append(leftover.name)
-                    else:
-                        leftover.unlink()
-            else:
-                tmp.mkdir()
-            for old in stale:
+            tmp = directory.parent / f".{directory.name}{CAPTURE_MARK}"
+            tmp.mkdir(exist_ok=True)
+            for old in directory.parent.glob(f".{directory.name}{PARTIAL_MARK}*"):
                 shutil.rmtree(old, ignore_errors=True)
+            salvaged: list[str] = []
+            for leftover in tmp.iterdir():
+                if leftover.name.endswith(".log") and leftover.is_file():
+                    salvaged.append(leftover.name)
+                elif not leftover.name.endswith(".log" + STATE_SUFFIX):
+                    leftover.unlink()
         except OSError as exc:
             raise ArchiveError("not_writable", f"archive directory {directory.parent} is not writable: {exc}") from exc
-        return PendingArchive(self, directory, tmp, salvaged=salvaged)
+        return PendingArchive(self, directory, tmp, salvaged=sorted(salvaged))
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -203,7 +203,7 @@ class PendingArchive:
     _handles: dict[str, IO[bytes]] = field(default_factory=dict)
 
     def open(self, filename: str) -> IO[bytes]:
-        """A binary file in the temporary directory (for streaming a log into it)."""
+        """A new binary file in the in-progress directory."""
         _check_filename(filename)
         try:
             handle = open(self.tmp / filename, "wb", buffering=0)  # streamed bytes reach the file at once
@@ -211,6 +211,38 @@ class PendingArchive:
             raise ArchiveError("write", f"cannot write {filename}: {exc}") from exc
         self._handles[filename] = handle
         return handle
+
+    def log_state(self, filename: str) -> dict[str, Any] | None:
+        """How far an earlier run got with this log file (its `.state`), if it did."""
+        _check_filename(filename)
+        try:
+            state = json.loads((self.tmp / (filename + STATE_SUFFIX)).read_text())
+            size = (self.tmp / filename).stat().st_size
+        except (OSError, ValueError):
+            return None
+        if not isinstance(state, dict) or int(state.get("bytes", -1)) > size:
+            return None
+        return state
+
+    def open_log(self, filename: str, state: dict[str, Any] | None) -> IO[bytes]:
+        """The log file, continued after what `state` says was written (a torn tail is cut off), or new."""
+        if state is None:
+            return self.open(filename)
+        try:
+            handle = open(self.tmp / filename, "r+b", buffering=0)
+            handle.truncate(int(state["bytes"]))
+            handle.seek(0, os.SEEK_END)
+        except OSError as exc:
+            raise ArchiveError("write", f"cannot write {filename}: {exc}") from exc
+        self._handles[filename] = handle
+        return handle
+
+    def save_state(self, filename: str, state: dict[str, Any]) -> None:
+        """Record how far `filename` got (after its bytes were written)."""
+        path = self.tmp / (filename + STATE_SUFFIX)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
 
     def write_file(self, filename: str, data: bytes) -> None:
         handle = self.open(filename)
@@ -227,11 +259,19 @@ class PendingArchive:
             for handle in self._handles.values():
                 handle.flush()
                 handle.close()
+            for filename in self.salvaged:
+                if filename not in self._handles:
+                    state = self.log_state(filename)
+                    if state is not None:      # what was confirmed written; a torn tail is cut off
+                        os.truncate(self.tmp / filename, int(state["bytes"]))
+            for leftover in self.tmp.glob("*" + STATE_SUFFIX + "*"):
+                leftover.unlink()
             names = sorted(set(self._handles) | set(self.salvaged))
             for filename in self.salvaged:
-                # Finished from what an interrupted run had streamed: whether bytes are missing after
-                # them is not known.
-                self.logs.setdefault(filename, {"complete": False, "missing": "pod_gone"})
+                # Finished from what an earlier run had streamed, nothing more readable: whether
+                # bytes are missing after them is not known.
+                if filename not in self._handles:
+                    self.logs.setdefault(filename, {"complete": False, "missing": "pod_gone"})
             for filename in names:
                 entries.append({"name": filename, "size": (self.tmp / filename).stat().st_size,
                                 "sha256": _sha256(self.tmp / filename), **self.logs.get(filename, {})})
@@ -248,7 +288,7 @@ class PendingArchive:
             os.rename(self.tmp, self.final)
             self.archive.durable([], [self.final.parent])
         except OSError as exc:
-            self.abort()
+            self.close()      # kept: the next attempt finishes it (the captured logs exist nowhere else)
             raise ArchiveError("write", f"cannot finish archive {self.final}: {exc}") from exc
         files = [self.archive._rel(self.final / e["name"]) for e in entries] + [self.archive._rel(self.final / MANIFEST)]
         total = sum(int(e["size"]) for e in entries) + len(manifest)

@@ -243,6 +243,9 @@ async def archive_and_stop(rt: Runtime, attempt: Attempt, pods: list[dict[str, A
     spec = attempt.spec
     grace = spec.cleanup.grace_period_seconds
     if spec.cleanup.logs != api.LOGS_ARCHIVE:
+        live = rt.captures.pop(attempt.meta["uid"], None)
+        if live is not None:
+            live.cancel()
         await stop_pods(rt, pods, grace)
         return None
     meta = attempt.meta
@@ -250,7 +253,8 @@ async def archive_and_stop(rt: Runtime, attempt: Attempt, pods: list[dict[str, A
     output = (attempt.agent.get("status") or {}).get("output") or {}
     expected = {POD_CONTAINER: int(output["bytes"])} if isinstance(output.get("bytes"), int) else None
     return await archive_and_stop_pods(rt, directory, pods, grace, extra_files=lambda: agent_files(attempt),
-                                       log_timeout=spec.cleanup.log_timeout_seconds, expected=expected)
+                                       log_timeout=spec.cleanup.log_timeout_seconds, expected=expected,
+                                       live=rt.captures.pop(meta["uid"], None))
 
 
 async def delete_and_verify(rt: Runtime, attempt: Attempt, found: Children) -> dict[str, list[str]]:

@@ -334,3 +334,15 @@ def _decide_terminal(agent: Mapping[str, Any], spec: api.AgentSpec, seen: Observ
                 return Decision(delete_agent=True)
             return Decision(requeue_after=remaining)
     return Decision()
+
+
+def wants_capture(agent: Mapping[str, Any], seen: Observed) -> bool:
+    """Should the agent's logs be read now, while it runs (logs.start_capture)? Its pod runs, it
+    has not ended, and its logs are to be kept."""
+    status = agent.get("status") or {}
+    if api.is_terminal(status.get("phase")) or (agent.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    if api.AgentSpec.from_dict(agent.get("spec") or {}).cleanup.logs != api.LOGS_ARCHIVE:
+        return False
+    pod = seen.pod
+    return pod is not None and not pod.deleting and (pod.agent_running or pod.phase == "Running")

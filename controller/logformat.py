@@ -14,8 +14,10 @@ container's bytes as it wrote them.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
+from typing import Any
 
 __all__ = ["KUBELET_TEXT", "LogLines", "format_since", "parse_timestamp"]
 
@@ -65,6 +67,7 @@ class LogLines:
         self.first = True                # the next byte is the first of the current stream
         self.kubelet_text: bytes | None = None     # what the kubelet served instead of the log
         self.bytes = 0                   # content bytes handed out to be written
+        self.gap = False                 # a resume did not find the last line read: bytes are missing
         self.held = b""                  # the incomplete last line of the previous stream (see eof)
         self.last_line = b""             # the newest complete line written, as served (with its prefix)
         self._bytes_at_start = 0
@@ -133,6 +136,24 @@ class LogLines:
         if self.last_ts is not None:
             self.skip = (self.last_ts, self.same_ts)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What a later run needs to resume after the bytes written so far (see restore)."""
+        return {"bytes": self.bytes, "lastTs": self.last_ts, "sameTs": self.same_ts, "midLine": self.mid_line,
+                "lastLine": base64.b64encode(self.last_line).decode(), "gap": self.gap}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> LogLines:
+        lines = cls()
+        lines.bytes = lines._bytes_at_start = int(state.get("bytes") or 0)
+        lines.last_ts = state.get("lastTs")
+        lines.same_ts = int(state.get("sameTs") or 0)
+        lines.mid_line = bool(state.get("midLine"))
+        lines.gap = bool(state.get("gap"))
+        lines.last_line = base64.b64decode(state.get("lastLine") or "")
+        if lines.last_ts is not None:
+            lines.skip = (lines.last_ts, lines.same_ts)
+        return lines
+
     def resume_since(self) -> str | None:
         return format_since(self.last_ts) if self.last_ts is not None else None
 
@@ -165,6 +186,10 @@ class LogLines:
                 if count > 1:
                     self.skip = (skip_ts, count - 1)
                 return b""
+            if count > 0:
+                # A newer line before the last one read came round again: the log this stream serves
+                # no longer holds it — rotated away, and whatever came between with it.
+                self.gap = True
         if ts == self.last_ts:
             self.same_ts += 1
         else:

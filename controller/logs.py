@@ -1,12 +1,22 @@
-"""Archiving a pod's logs while it is stopped (SPEC §4 step 1 and 2, interleaved).
+"""Archiving a pod's logs (SPEC §4 step 1 and 2, and "Completeness of the archive").
 
-Every container's log stream (and a restarted container's previous log) is opened *before* the pod
-is asked to stop, so that what it writes during its grace period is kept; the streams end when the
-containers do. Nothing is deleted if the archive cannot be started (directory not writable, a log
-stream refused): data first.
+- **While the agent runs** (`start_capture`, from sync): its pod's logs are read from when it runs
+  into the archive's in-progress directory — the kubelet serves only a container's current log file,
+  so what a rotation takes away is kept, or at least noticed. Each log file has a `.state` beside it:
+  a restarted controller (or the next leader) resumes it without a duplicated or missing line.
+- **At cleanup** (`archive_and_stop_pods`): the live captures are adopted (or, without one, every
+  container's log — and a restarted container's previous one — is opened) *before* the pod is
+  stopped, so what it writes in its grace period is kept; the streams end when the containers do.
+- **Every stream is distrusted**: read with timestamps (stripped again: the archive holds the
+  container's bytes), resumed where it broke (`sinceTime`), and its end confirmed by the log's last
+  line as the node serves it (a kubelet connection cut short ends the API's answer as if complete).
+  What cannot be read is recorded per log in MANIFEST.json (`complete`, `missing`, `missingBytes`):
+  the archive never claims more than it holds.
 
-File-system work never runs on the event loop: a slow archive volume (NFS, EFS) must not stall the
-handling of every other agent. Streamed chunks go to the file from a thread.
+Nothing is deleted if the archive cannot be started (directory not writable, a log stream refused):
+data first. Logs the node cannot serve are waited for `cleanup.logTimeoutSeconds`, then recorded as
+lost. File-system work never runs on the event loop: a slow archive volume (NFS, EFS) must not stall
+the handling of every other agent.
 """
 
 from __future__ import annotations
@@ -35,46 +45,123 @@ DEFAULT_LOG_TIMEOUT = 300.0      # cleanup.logTimeoutSeconds' default (api.DEFAU
 ExtraFiles = Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]
 
 
+class LiveCapture:
+    """The logs of an Agent's pod, read from when it runs into the archive's in-progress directory.
+
+    The kubelet serves only a container's current log file: reading from the start is what keeps
+    the output a rotation would take away at cleanup time (up to the kubelet's own limits: a follow
+    stream that stops at a rotation is noticed and resumed, and what the node no longer has is
+    recorded as `rotated`). The cleanup adopts these captures (archive_and_stop_pods)."""
+
+    def __init__(self, pod_uid: str) -> None:
+        self.pod_uid = pod_uid
+        self.pending: PendingArchive | None = None
+        self.captures: dict[tuple[str, bool], tuple[Capture, asyncio.Task[None]]] = {}
+        self.ready = asyncio.Event()
+
+    def cancel(self) -> None:
+        for capture, task in self.captures.values():
+            task.cancel()
+            capture.close()
+
+
+def start_capture(rt: Runtime, agent: Mapping[str, Any], pod: Mapping[str, Any]) -> None:
+    """Begin capturing the logs of the Agent's running pod (once; in the background)."""
+    meta = agent["metadata"]
+    uid = meta["uid"]
+    if uid in rt.captures:
+        return
+    live = rt.captures[uid] = LiveCapture(str(pod["metadata"].get("uid", "")))
+
+    async def begin() -> None:
+        try:
+            directory = rt.archive.agent_dir(meta["namespace"], meta["name"], uid)
+
+            def prepare() -> PendingArchive | None:
+                return None if Archive.is_complete(directory) else rt.archive.begin(directory)
+
+            live.pending = await asyncio.to_thread(prepare)
+            if live.pending is None:
+                return
+            for container, previous in _logs_of(pod):
+                capture = Capture(rt, live.pending, pod, container, previous, deadline=float("inf"))
+                if await capture.open():
+                    live.captures[(container, previous)] = (capture, asyncio.create_task(capture.run()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the cleanup reads the logs itself (and reports)
+            log.warning("agent %s/%s: cannot capture its logs while it runs: %s", meta["namespace"], meta["name"], exc)
+        finally:
+            live.ready.set()
+
+    rt.spawn(f"capture/{uid}", begin())
+
+
 async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[str, Any]], grace: int,
                                 extra_files: ExtraFiles, log_timeout: float = DEFAULT_LOG_TIMEOUT,
-                                expected: Mapping[str, int] | None = None) -> ArchiveResult:
+                                expected: Mapping[str, int] | None = None,
+                                live: LiveCapture | None = None) -> ArchiveResult:
     """Archive the logs of `pods` into `directory` while stopping them; returns the sealed archive.
 
     `log_timeout`: how long logs the node cannot serve (kubelet unreachable) are waited for before
     they are recorded as lost and the pods are stopped anyway. `expected`: bytes the agent's own
-    process reported writing, by container (`status.output`), to check the capture against."""
+    process reported writing, by container (`status.output`), to check the capture against.
+    `live`: what was captured while the pod ran (start_capture); its streams go on here."""
+    if live is not None:
+        await live.ready.wait()
 
     def prepare() -> PendingArchive | None:
         if Archive.is_complete(directory):
             return None
-        # With no pod left there is nothing to stream: keep what an interrupted run had streamed.
-        return rt.archive.begin(directory, salvage=not pods)
+        return rt.archive.begin(directory)
 
-    pending = await asyncio.to_thread(prepare)
+    pending = live.pending if live is not None and live.pending is not None else await asyncio.to_thread(prepare)
     if pending is None:
+        if live is not None:
+            live.cancel()
         await stop_pods(rt, pods, grace)
         return await asyncio.to_thread(rt.archive.existing, directory)
-    if pending.salvaged:
-        log.warning("archive %s: pod gone, finishing the log files an interrupted run had streamed: %s",
-                    directory, ", ".join(pending.salvaged))
     deadline = asyncio.get_running_loop().time() + max(0.0, log_timeout)
+    adopted = dict(live.captures) if live is not None else {}
     captures: list[Capture] = []
+    pumps: list[asyncio.Task[None]] = []
     try:
         for pod in pods:
+            ours = live is not None and pod["metadata"].get("uid") == live.pod_uid
             for container, previous in _logs_of(pod):
-                capture = Capture(rt, pending, pod, container, previous, deadline)
-                if await capture.open():
-                    captures.append(capture)
+                if ours and (container, previous) in adopted:
+                    capture, task = adopted.pop((container, previous))
+                    capture.deadline = deadline
+                else:
+                    capture = Capture(rt, pending, pod, container, previous, deadline)
+                    if not await capture.open():
+                        continue
+                    task = asyncio.create_task(capture.run())
+                captures.append(capture)
+                pumps.append(task)
+        for capture, task in adopted.values():      # a pod gone meanwhile: its streams end by themselves
+            capture.deadline = deadline
+            captures.append(capture)
+            pumps.append(task)
     except BaseException:
+        for task in pumps:
+            task.cancel()
         for capture in captures:
             capture.close()
-        await asyncio.to_thread(pending.abort)
+        await asyncio.to_thread(pending.close)
         raise
-    pumps = [asyncio.create_task(c.run()) for c in captures]
+    if pending.salvaged and not pods:
+        log.warning("archive %s: pod gone, finishing the log files an earlier run had streamed: %s",
+                    directory, ", ".join(pending.salvaged))
     try:
         # A pod whose containers have all ended is deleted at once (grace 0): read its logs to the
-        # end — confirmed by a resumed request — before it goes.
-        ended = [t for t, c in zip(pumps, captures) if (c.pod.get("status") or {}).get("phase") in POD_FINISHED]
+        # end — confirmed by the log's last line — before it goes. A running pod's streams are
+        # checked to be up to date first (a follow stream that stopped at a rotation resumes now,
+        # while the node still serves the log).
+        finished = {p["metadata"].get("uid") for p in pods if (p.get("status") or {}).get("phase") in POD_FINISHED}
+        ended = [t for t, c in zip(pumps, captures) if c.pod_uid in finished]
+        running = [c for t, c in zip(pumps, captures) if c.pod_uid not in finished and not t.done()]
+        await asyncio.gather(*(c.catch_up() for c in running))
         if ended:
             await asyncio.wait(ended, timeout=STREAM_DRAIN_SECONDS)
         await stop_pods(rt, pods, grace)
@@ -109,8 +196,8 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
                 rt.metrics.incomplete_logs.labels(reason=reason).inc()
         return result
     except BaseException:
-        # The pod was asked to stop: what was streamed may exist nowhere else. Keep the partial
-        # archive for the next run to finish (Archive.begin(salvage=True)).
+        # The pod was asked to stop: what was streamed may exist nowhere else. The in-progress
+        # directory stays for the next attempt to resume (Archive.begin).
         for task in pumps:
             task.cancel()
         await asyncio.to_thread(pending.close)
@@ -141,6 +228,8 @@ class Capture:
         meta = pod["metadata"]
         self.rt, self.pending, self.container, self.previous, self.deadline = rt, pending, container, previous, deadline
         self.namespace, self.pod_name, self.pod = meta["namespace"], meta["name"], pod
+        self.pod_uid = meta.get("uid")
+        self._current: LogStream | None = None
         self.filename = log_filename(container, previous)
         self.lines = LogLines()
         self.stream: LogStream | None = None
@@ -158,12 +247,19 @@ class Capture:
     async def open(self) -> bool:
         """Open the first stream, retrying what the node cannot serve yet until the log timeout.
         False: this log does not exist (no previous container, a container that never started)."""
+        state = await asyncio.to_thread(self.pending.log_state, self.filename)
+        if state is not None:
+            # An earlier run (or replica) got this far: go on from there.
+            self.lines = LogLines.restore(state)
+            if self.lines.mid_line:
+                self._lose("stream_broken", "resumed inside a line too long to hold")
         outcome = await self._connect()
-        if outcome == "absent":
+        if outcome == "absent" and state is None:
             return False
         if outcome == "gone":
-            self._lose("kubelet_unreachable" if self.unreachable else "pod_gone", self.detail)
-        self.handle = await asyncio.to_thread(self.pending.open, self.filename)
+            self._lose("kubelet_unreachable" if self.unreachable else
+                       "pod_gone" if state is None else "stream_broken", self.detail)
+        self.handle = await asyncio.to_thread(self.pending.open_log, self.filename, state)
         return True
 
     async def _connect(self) -> str:
@@ -210,6 +306,7 @@ class Capture:
         try:
             while self.stream is not None:
                 stream, self.stream = self.stream, None
+                self._current = stream
                 try:
                     await self._pump(stream)
                 except _STREAM_ERRORS as exc:
@@ -218,7 +315,7 @@ class Capture:
                     if not exact:
                         self._lose("stream_broken", f"broke inside a long line: {self.detail}")
                     if not await self._resume(broken=True):
-                        self._lose("stream_broken", self.detail)
+                        self._lose(self._cut_off(), self.detail)
                         return
                     continue
                 if self.lines.kubelet_text is not None:
@@ -230,14 +327,14 @@ class Capture:
                 if ended is None:
                     # The pod is gone before the end could be confirmed: complete unless the last
                     # stream ended inside a line (where a cut connection most likely ends one).
-                    if self.lines.held:
-                        self._lose("stream_broken", "the log stream ended inside a line and could not be "
-                                                    "resumed: the pod is gone")
+                    if self.lines.held or self.unreachable:
+                        self._lose(self._cut_off(), "the log stream ended before its end could be "
+                                                    "confirmed, and the pod is gone")
                     break
                 if ended:
                     break
                 if not await self._resume():
-                    self._lose("stream_broken", "the log stream kept ending before the log's end")
+                    self._lose(self._cut_off(), "the log stream kept ending before the log's end")
                     break
             await self._write(self.lines.finish())
             if self.lines.kubelet_text is not None:
@@ -249,6 +346,19 @@ class Capture:
         finally:
             if self.stream is not None:
                 self.stream.close()
+
+    def _cut_off(self) -> str:
+        """Why the rest could not be read: the node did not answer (at some point), or the stream."""
+        return "kubelet_unreachable" if self.unreachable else "stream_broken"
+
+    async def catch_up(self) -> None:
+        """Before the pod is stopped: does the node serve a newer last line than the stream brought?
+        Then the stream is reconnected (resumed where it was): a follow stream that stopped at a
+        rotation goes on, and what the rotation took away is noticed while the pod still exists."""
+        if self._current is None:
+            return
+        if await self._ended() is False and self._current is not None:
+            self._current.close()
 
     async def _ended(self) -> bool | None:
         """Is what was read the whole log? Its last line, as the node serves it now, says (one small
@@ -289,19 +399,30 @@ class Capture:
                     if writing is not None:
                         writing.result()          # a failed write fails the capture
                     data, waiting = bytes(waiting), bytearray()
-                    writing = asyncio.ensure_future(self._write(data))
+                    writing = asyncio.ensure_future(self._write(data, self.lines.snapshot()))
         finally:
             if writing is not None:
                 await writing
             if waiting:
-                await self._write(bytes(waiting))
+                await self._write(bytes(waiting), self.lines.snapshot())
+            if self.lines.gap:
+                self._lose("rotated", "the node no longer had the log's earlier lines when the stream "
+                                      "was resumed (log rotation)")
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, state: dict[str, Any] | None = None) -> None:
+        """`data`, then the state after it (what a later run resumes from), from a thread."""
         if not data or self.handle is None:
             return
+        handle = self.handle
+
+        def write() -> None:
+            handle.write(data)
+            if state is not None:
+                self.pending.save_state(self.filename, state)
+
         try:
-            await asyncio.to_thread(self.handle.write, data)
-        except OSError as exc:
+            await asyncio.to_thread(write)
+        except (OSError, ValueError) as exc:
             raise ArchiveError("write", f"cannot write {self.filename}: {exc}") from exc
 
     def settle(self, expected: Mapping[str, int] | None) -> None:

@@ -105,6 +105,7 @@ class Runtime:
     recent: dict[AgentKey, bytes] = field(default_factory=dict)   # the last state of each Agent, slim (remember)
     cleanup_durations: list[float] = field(default_factory=list)   # seconds, for the demo's summary (last 10 000)
     cleaned: dict[str, asyncio.Future[None]] = field(default_factory=dict)   # uid -> resolved on cleanup success
+    captures: dict[str, Any] = field(default_factory=dict)   # agent uid -> logs.LiveCapture of its running pod
     cleaned_at: dict[str, float] = field(default_factory=dict)   # uid -> time.monotonic() of its last cleanup success
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)   # background work, by name
     fence: Callable[[], bool] = lambda: True          # False once this replica may have lost its lease
@@ -189,6 +190,9 @@ class Runtime:
         self.backoffs.pop(uid, None)
         self.events.forget(uid)
         self.cleaned_at.pop(uid, None)
+        live = self.captures.pop(uid, None)
+        if live is not None:
+            live.cancel()
         future = self.cleaned.pop(uid, None)
         if future is not None and not future.done():
             future.cancel()

@@ -24,11 +24,12 @@ from typing import Any
 
 from . import api
 from .cleanup import CleanupFailed, clean_up, patch_status
-from .decide import CreateRefusal, Decision, Observed, PodState, StatusChange, decide
+from .decide import CreateRefusal, Decision, Observed, PodState, StatusChange, decide, wants_capture
 from .events import NORMAL, WARNING
 from .kinds import CREATE_STAGES, POD
 from .kube.client import ApiError
 from .kube.resources import AGENTS, PODS
+from .logs import start_capture
 from .names import AGENT_UID_LABEL, label_value, pod_name
 from .runtime import PARTIAL, AgentKey, Runtime
 from .workqueue import Retry
@@ -63,6 +64,10 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
             decision = decide(agent, seen, rt.clock())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("sync %s/%s: pod=%s decision=%s", key[0], key[1], seen.pod, decision)
+        if wants_capture(agent, seen) and agent["metadata"]["uid"] not in rt.captures:
+            cached = rt.pods.named(key[0], pod_name(key[1]))
+            if cached is not None and cached.owner_uid == label_value(agent["metadata"]["uid"]):
+                start_capture(rt, agent, cached.body())
         return await act(rt, key, agent, decision)
     except (Retry, asyncio.CancelledError):
         raise

@@ -118,6 +118,17 @@ def test_a_garbage_collected_container_is_not_archived_as_its_output(api, ns, co
     assert "LogsIncomplete" in reasons
 
 
+def numbered(kept: bytes, total: int) -> list[int]:
+    """The line numbers of `kept`, each line checked against the deterministic output."""
+    whole = generate_output(total, line_bytes=100)
+    out = []
+    for line in kept.splitlines(keepends=True):
+        n = int(line[:9])
+        assert whole[n * 100:(n + 1) * 100] == line
+        out.append(n)
+    return out
+
+
 def test_rotated_output_is_counted_against_what_the_agent_reported(api, ns, controller, archive_dir):
     total = 400_000
     api.create_agent(ns, "rotated", {"image": "agent:1", "podTemplate": simulated(
@@ -128,12 +139,72 @@ def test_rotated_output_is_counted_against_what_the_agent_reported(api, ns, cont
     directory = archive_path(archive_dir, agent)
     manifest = assert_manifest(directory)
     kept = (directory / "agent.log").read_bytes()
-    assert 0 < len(kept) < total and generate_output(total, line_bytes=100).endswith(kept)
+    lines = numbered(kept, total)
+    assert lines == sorted(set(lines)) and 0 < len(kept) < total        # in order, no line twice
     entry = agent_entry(manifest)
     assert (entry["complete"], entry["missing"], entry["missingBytes"]) == (False, "rotated", total - len(kept))
     assert agent["status"]["cleanup"]["logsComplete"] is False
     assert agent["status"]["cleanup"]["logsArchived"] is True    # read and sealed; rotated away before
     assert incomplete(controller)["rotated"] == 1
+
+
+def test_a_rotation_while_the_stream_stalls_is_noticed_without_any_counts(api, ns, controller, archive_dir):
+    """No wrapper, no counts: the log is read from when the pod runs; the kubelet's follow stream
+    stops at the rotation; at cleanup the resumed stream no longer finds the last line read."""
+    total = 400_000
+    api.create_agent(ns, "stall", {"image": "agent:1", "podTemplate": simulated(
+        [{"log": "first\n"}, {"report": {"phase": "Working"}}, {"sleep": 1},
+         {"write": {"bytes": total, "lineBytes": 100}}, {"report": {"phase": "Blocked"}}, {"sleep": 3600}],
+        log_max_size="64Ki")})
+    wait_for(lambda: api.agent(ns, "stall").get("status", {}).get("phase") == "Blocked", message="all written")
+    api.patch_agent(ns, "stall", {"spec": {"terminate": True}})
+    agent = wait_for(cleaned(api, ns, "stall"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    kept = (directory / "agent.log").read_bytes()
+    assert kept.startswith(b"first\n")                  # read from the start
+    lines = numbered(kept[len(b"first\n"):], total)
+    assert lines == sorted(set(lines)) and lines[-1] == total // 100 - 1 and len(lines) < total // 100
+    entry = agent_entry(manifest)
+    assert (entry["complete"], entry["missing"]) == (False, "rotated")
+    assert "missingBytes" not in entry                  # how many, only the agent's own counts could say
+    assert agent["status"]["cleanup"]["logsComplete"] is False
+    assert incomplete(controller)["rotated"] == 1
+    reasons = {e["reason"] for e in api.events(ns) if e["involvedObject"]["name"] == "stall"}
+    assert "LogsIncomplete" in reasons
+
+
+def test_a_kubelet_that_follows_rotations_gives_the_whole_log(api, ns, controller, archive_dir):
+    total = 400_000
+    api.create_agent(ns, "reopen", {"image": "agent:1", "podTemplate": simulated(
+        [{"log": "first\n"}, {"report": {"phase": "Working"}}, {"sleep": 1},
+         {"write": {"bytes": total, "lineBytes": 100}}, {"report": {"phase": "Blocked"}}, {"sleep": 3600}],
+        log_max_size="64Ki", follow_at_rotation="reopen")})
+    wait_for(lambda: api.agent(ns, "reopen").get("status", {}).get("phase") == "Blocked", message="all written")
+    api.patch_agent(ns, "reopen", {"spec": {"terminate": True}})
+    agent = wait_for(cleaned(api, ns, "reopen"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == b"first\n" + generate_output(total, line_bytes=100)
+    assert agent_entry(manifest)["complete"] is True
+
+
+def test_a_restarted_controller_resumes_the_capture_without_duplicates(api, ns, make_controller, archive_dir):
+    first = make_controller()
+    api.create_agent(ns, "resume", {"image": "agent:1", "podTemplate": simulated(
+        [{"write": {"bytes": 50_000, "lineBytes": 100}}, {"report": {"phase": "Working"}}, {"sleep": 3600}])})
+    agent = wait_for(lambda: (a := api.agent(ns, "resume")).get("status", {}).get("phase") == "Working" and a)
+    capture = archive_dir / ns / "resume" / f".{agent['metadata']['uid']}.capture" / "agent.log"
+    wait_for(lambda: capture.is_file() and capture.stat().st_size == 50_000, message="the capture on the volume")
+    first.stop()
+    make_controller()
+    api.patch_agent(ns, "resume", {"spec": {"terminate": True}})
+    agent = wait_for(cleaned(api, ns, "resume"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == generate_output(50_000, line_bytes=100)
+    assert agent_entry(manifest)["complete"] is True
+    assert not capture.parent.exists()
 
 
 def test_an_unreachable_node_is_given_log_timeout_then_torn_down(api, ns, controller, archive_dir):
