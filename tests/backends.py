@@ -36,6 +36,7 @@ CONTROLLER_NAMESPACE = "agent-controller"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
 CONTROLLER_TOKEN_SECONDS = 24 * 3600
+NODES = 2
 
 
 def backend_choice(option: str | None) -> str:
@@ -103,6 +104,7 @@ class ControlPlaneBackend(Backend):
         self.controller_service_account = controller_service_account
         self.controller_token = cp.service_account_token(CONTROLLER_NAMESPACE, controller_service_account,
                                                          expiration_seconds=CONTROLLER_TOKEN_SECONDS)
+        self.sim: Any = None          # the node simulator (controller.nodesim.sim.start_nodes)
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         self.cp.create_namespace(name, {**self.namespace_labels, **(labels or {})})
@@ -117,7 +119,51 @@ class ControlPlaneBackend(Backend):
         return self.cp.kubectl(*args, input=input, check=check)
 
     def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
         self.cp.stop()
+
+
+class _EmulatorOnly:
+    """What only the emulator has (fault injection, its kubelet's internals, request counts): a test
+    that needs it skips on the control plane, saying why."""
+
+    def __init__(self, what: str):
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "clear":
+            return lambda *a, **k: None
+        pytest.skip(f"{self._what} needs the emulator (--backend emulator)")
+
+
+class ControlPlaneCluster:
+    """The integration fixtures' `cluster` on a real control plane: the same url/admin_token
+    (+ ca_file), kubeconfigs, service-account tokens; fault injection and the emulator's internals
+    skip the test."""
+
+    def __init__(self, backend: ControlPlaneBackend):
+        self.backend = backend
+        self.url = backend.url
+        self.admin_token = backend.admin_token
+        self.ca_file = backend.ca_file
+        self.controller_token = backend.controller_token
+        self.faults = _EmulatorOnly("fault injection")
+        self.kubelet = _EmulatorOnly("the emulator's kubelet")
+        self.requests = _EmulatorOnly("the emulator's request log")
+
+    def kubeconfig_path(self, path: str) -> str:
+        import shutil
+
+        shutil.copyfile(self.backend.kubeconfig, path)
+        return path
+
+    def service_account_token(self, namespace: str, name: str, **kw: Any) -> str:
+        token: str = self.backend.cp.service_account_token(namespace, name, **kw)
+        return token
+
+    def __getattr__(self, name: str) -> Any:
+        pytest.skip(f"cluster.{name} needs the emulator (--backend emulator)")
 
 
 def _helm() -> str:
@@ -169,7 +215,11 @@ def start_control_plane(workdir: Path) -> ControlPlaneBackend:
         accounts = [d["metadata"]["name"] for d in yaml.safe_load_all(manifests)
                     if d and d.get("kind") == "ServiceAccount"]
         assert len(accounts) == 1, f"the chart renders {len(accounts)} ServiceAccounts"
-        return ControlPlaneBackend(cp, accounts[0])
+        backend = ControlPlaneBackend(cp, accounts[0])
+        from controller.nodesim.sim import start_nodes
+
+        backend.sim = start_nodes(cp, NODES, heartbeat_seconds=2.0, workdir=str(workdir / "pods"))
+        return backend
     except BaseException:
         cp.stop()
         raise

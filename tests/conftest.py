@@ -61,7 +61,7 @@ def backend(request: pytest.FixtureRequest, backend_name: str, tmp_path_factory:
 
     if backend_name == "control-plane":
         return request.getfixturevalue("control_plane")
-    return EmulatorBackend(request.getfixturevalue("cluster"), tmp_path_factory.mktemp("emulator"))
+    return EmulatorBackend(request.getfixturevalue("emulator"), tmp_path_factory.mktemp("emulator"))
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def backend_ns(backend: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Any]:
+def emulator() -> Iterator[Any]:
     from controller.devcluster import DevCluster
 
     c = DevCluster()
@@ -83,17 +83,31 @@ def cluster() -> Iterator[Any]:
     c.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest, backend_name: str) -> Any:
+    """The API server of the integration tests: the emulator, or — with `--backend control-plane` —
+    a real control plane with simulated nodes, where the controller runs as its own ServiceAccount
+    with the chart's RBAC (tests/backends.py ControlPlaneCluster; fault injection skips there)."""
+    if backend_name == "control-plane":
+        from backends import ControlPlaneCluster
+
+        return ControlPlaneCluster(request.getfixturevalue("control_plane"))
+    return request.getfixturevalue("emulator")
+
+
 @pytest.fixture
 def api(cluster: Any) -> Any:
     from helpers import Api
 
-    return Api(cluster.url, cluster.admin_token)
+    return Api(cluster.url, cluster.admin_token, getattr(cluster, "ca_file", None))
 
 
 @pytest.fixture
-def ns(cluster: Any, api: Any) -> Iterator[str]:
+def ns(cluster: Any, api: Any, backend_name: str) -> Iterator[str]:
+    from backends import RESTRICTED
+
     name = f"t{os.getpid() % 1000}-{next(_counter)}"
-    api.create_namespace(name)
+    api.create_namespace(name, dict(RESTRICTED) if backend_name == "control-plane" else None)
     yield name
     cluster.faults.clear()
 
@@ -124,10 +138,12 @@ def make_controller(cluster: Any, ns: str, archive_dir: Path) -> Iterator[Any]:
     started: list[Any] = []
 
     def make(**overrides: Any) -> Any:
-        token = overrides.pop("token", cluster.admin_token)
+        # On the control plane the controller is its own ServiceAccount with the chart's RBAC.
+        token = overrides.pop("token", getattr(cluster, "controller_token", None) or cluster.admin_token)
         priority = overrides.pop("peering_priority", None)   # with peering=NAME: fixed, not random
         options = controller_options(ns, overrides.pop("archive_dir", archive_dir), **overrides)
-        config = ClientConfig(server=cluster.url, token=token, default_namespace=ns)
+        config = ClientConfig(server=cluster.url, token=token, default_namespace=ns,
+                              ca_file=getattr(cluster, "ca_file", None))
         ctl = BackgroundController(options, config)
         if priority is not None:
             ctl.sweeper.peering.priority = priority

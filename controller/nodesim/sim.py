@@ -32,7 +32,7 @@ from .core import NodeRuntime, SimPod
 from .kubeapi import ApiNode
 from .logs import STDERR, STDOUT, ContainerLog
 
-__all__ = ["NodeSimulator", "load_client_config"]
+__all__ = ["NodeSimulator", "load_client_config", "start_nodes"]
 
 T = TypeVar("T")
 
@@ -375,3 +375,15 @@ class NodeSimulator:
     def reports(self) -> list[dict[str, Any]]:
         """Every ``report`` step's request and answer."""
         return self.call(lambda: [r for n in self.nodes.values() for r in n.runtime.reports])
+
+
+def start_nodes(cp: Any, count: int, *, name_prefix: str = "nodesim-", **options: Any) -> NodeSimulator:
+    """``count`` simulated nodes on the control plane ``cp`` (controller.controlplane.ControlPlane):
+    each with its own ``system:node:<name>`` credentials (Node authorizer, NodeRestriction), a kubelet
+    serving certificate signed by the cluster CA (the API server verifies it) and the cluster CA to
+    check the API server's kubelet client certificate. Returns the started simulator (``.stop()``;
+    ``.add_node(name, cp.node_kubeconfig(name))`` for one more)."""
+    cert, key = cp.issue_kubelet_serving_cert(f"{name_prefix}kubelet")
+    nodes = {f"{name_prefix}{i}": str(cp.node_kubeconfig(f"{name_prefix}{i}")) for i in range(1, count + 1)}
+    return NodeSimulator(nodes, kubelet_cert=str(cert), kubelet_key=str(key), client_ca=str(cp.ca_file),
+                         **options).start()

@@ -706,3 +706,15 @@ def test_a_new_agent_waits_for_its_finalizer_before_any_child_exists():
     assert decide(body, Observed(), NOW) == Decision()
     body["metadata"]["finalizers"].append("agentcontroller.dev/cleanup")
     assert decide(body, Observed(), NOW).create_children
+
+
+def test_wants_capture_only_while_the_agents_pod_runs_and_its_logs_are_kept():
+    from controller.decide import Observed, PodState, wants_capture
+
+    running = Observed(pod=PodState(uid="p", phase="Running", agent_running=True))
+    agent = {"metadata": {"uid": "u"}, "spec": {"image": "a"}, "status": {"phase": "Working"}}
+    assert wants_capture(agent, running)
+    assert not wants_capture({**agent, "status": {"phase": "Completed"}}, running)
+    assert not wants_capture({**agent, "spec": {"image": "a", "cleanup": {"logs": "Delete"}}}, running)
+    assert not wants_capture(agent, Observed(pod=PodState(uid="p", phase="Pending")))
+    assert not wants_capture(agent, Observed())
