@@ -439,7 +439,8 @@ class KubeClient:
         raise AssertionError("unreachable")
 
     async def watch(self, res: Resource, namespace: str | None, *, resource_version: str,
-                    label_selector: str | None = None, timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+                    label_selector: str | None = None, field_selector: str | None = None,
+                    timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
         """One watch request: yields its events (`{"type": ..., "object": ...}`) until the server ends
         it. An `ERROR` event is raised as ApiError (410: the resourceVersion is too old: list again)."""
         session = await self.stream_session()
@@ -447,6 +448,8 @@ class KubeClient:
                   "timeoutSeconds": str(timeout_seconds)}
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         self.requests[("WATCH", res.plural)] += 1
         async with session.get(res.path(namespace), params=params, headers=self.config.auth_headers(),
                                timeout=aiohttp.ClientTimeout(total=timeout_seconds + 30,

@@ -26,7 +26,6 @@ An :class:`ApiNode`, with the node's own credentials (``system:node:<name>`` in 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -35,9 +34,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from controller.kube.client import ApiError, KubeClient
+from controller.kube.resources import PODS
 
 from .core import ApiEndpoint, NodeRuntime, SimPod
 from .kubeletserver import KubeletServer
@@ -333,35 +331,20 @@ class ApiNode:
 
     async def _watch(self, selector: str, rv: str) -> str | None:
         """Watch from ``rv``; returns the last resourceVersion seen, or None when a new list is needed."""
-        session = await self.client.session()
-        params = {"watch": "true", "fieldSelector": selector, "resourceVersion": rv, "allowWatchBookmarks": "true",
-                  "timeoutSeconds": str(WATCH_TIMEOUT)}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=WATCH_TIMEOUT + 30)
-        async with session.get("/api/v1/pods", params=params, headers=self.client.config.auth_headers(),
-                               timeout=timeout) as resp:
-            if resp.status == 410:
+        try:
+            async for ev in self.client.watch(PODS, None, resource_version=rv, field_selector=selector,
+                                              timeout_seconds=WATCH_TIMEOUT):
+                etype, obj = ev.get("type"), ev.get("object") or {}
+                new_rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if new_rv:
+                    rv = str(new_rv)
+                if etype == "BOOKMARK":
+                    continue
+                self._on_pod(str(etype), obj)
+        except ApiError as exc:
+            if exc.status == 410:
                 return None
-            if resp.status >= 300:
-                raise ApiError(resp.status, "Error", (await resp.text())[:500])
-            buf = b""
-            async for chunk in resp.content.iter_any():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    ev = json.loads(line)
-                    etype, obj = ev.get("type"), ev.get("object") or {}
-                    if etype == "ERROR":
-                        if obj.get("code") == 410:
-                            return None
-                        raise ApiError(int(obj.get("code") or 0), str(obj.get("reason")), str(obj.get("message")))
-                    new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if new_rv:
-                        rv = str(new_rv)
-                    if etype == "BOOKMARK":
-                        continue
-                    self._on_pod(str(etype), obj)
+            raise
         return rv
 
     def _resync(self, items: list[dict[str, Any]]) -> None:

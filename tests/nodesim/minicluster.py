@@ -26,13 +26,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def find_bin_dir() -> Path | None:
-    """Where kube-apiserver and friends are (NODESIM_K8S_BIN, this checkout's .tools, /work/main's)."""
-    candidates = [os.environ.get("NODESIM_K8S_BIN", ""), str(ROOT / ".tools/controlplane/test/bin"),
-                  "/work/main/.tools/controlplane/test/bin"]
-    for c in candidates:
-        if c and all((Path(c) / b).is_file() for b in ("etcd", "kube-apiserver")):
-            return Path(c)
-    return None
+    """Where kube-apiserver and friends are: NODESIM_K8S_BIN, else the project's own lookup
+    (controller.controlplane.ensure_binaries: AGENT_CONTROLLER_CONTROLPLANE_BIN, or .tools keyed by
+    the pinned versions, as scripts/install-control-plane.sh builds them)."""
+    explicit = os.environ.get("NODESIM_K8S_BIN", "")
+    if explicit and all((Path(explicit) / b).is_file() for b in ("etcd", "kube-apiserver")):
+        return Path(explicit)
+    from controller.controlplane import BinariesUnavailable, ensure_binaries
+
+    try:
+        return Path(ensure_binaries())
+    except BinariesUnavailable:
+        return None
 
 
 def _die_with_parent() -> None:
