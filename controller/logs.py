@@ -59,10 +59,14 @@ class LiveCapture:
         self.captures: dict[tuple[str, bool], tuple[Capture, asyncio.Task[None]]] = {}
         self.ready = asyncio.Event()
 
-    def cancel(self) -> None:
+    def cancel(self) -> list[asyncio.Task[None]]:
+        """Stop reading (the in-progress files stay: a later run resumes them); the tasks to await."""
+        tasks = []
         for capture, task in self.captures.values():
             task.cancel()
             capture.close()
+            tasks.append(task)
+        return tasks
 
 
 def start_capture(rt: Runtime, agent: Mapping[str, Any], pod: Mapping[str, Any]) -> None:

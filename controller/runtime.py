@@ -215,6 +215,8 @@ class Runtime:
             release_free_memory()
 
     async def cancel_tasks(self) -> None:
+        reading = [t for live in list(self.captures.values()) for t in live.cancel()]
+        await asyncio.gather(*reading, return_exceptions=True)   # (their in-progress files stay)
         tasks = [t for t in self.tasks.values() if not t.done()]
         for task in tasks:
             task.cancel()

@@ -117,9 +117,9 @@ def test_controller_stopped_while_streaming_after_pod_delete_keeps_the_streamed_
     wait_for(lambda: (api.pod(ns, "mid") or {}).get("metadata", {}).get("deletionTimestamp"),
              message="pod terminating")
     partial = archive_dir / ns / "mid"
-    wait_for(lambda: any(p.name.startswith(f".{uid}.partial-") and (p / "agent.log").exists()
-                         and (p / "agent.log").read_bytes().endswith(b"terminating\n") for p in partial.iterdir()),
-             message="log streamed into the partial archive")
+    capture = partial / f".{uid}.capture" / "agent.log"
+    wait_for(lambda: capture.exists() and capture.read_bytes().endswith(b"terminating\n"),
+             message="log streamed into the in-progress archive")
     first.stop()
     api.call("DELETE", f"/api/v1/namespaces/{ns}/pods/mid", {"gracePeriodSeconds": 0})
     wait_for(lambda: api.pod(ns, "mid") is None)
