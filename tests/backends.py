@@ -136,6 +136,9 @@ class _EmulatorOnly:
             return lambda *a, **k: None
         pytest.skip(f"{self._what} needs the emulator (--backend emulator)")
 
+    def __getitem__(self, key: Any) -> Any:
+        pytest.skip(f"{self._what} needs the emulator (--backend emulator)")
+
 
 class ControlPlaneCluster:
     """The integration fixtures' `cluster` on a real control plane: the same url/admin_token
@@ -152,10 +155,22 @@ class ControlPlaneCluster:
         self.kubelet = _EmulatorOnly("the emulator's kubelet")
         self.requests = _EmulatorOnly("the emulator's request log")
 
-    def kubeconfig_path(self, path: str) -> str:
-        import shutil
-
-        shutil.copyfile(self.backend.kubeconfig, path)
+    def kubeconfig_path(self, path: str, user: str = "admin", namespace: str = "default",
+                        token: str | None = None) -> str:
+        """A kubeconfig as the emulator's: the admin's, a ServiceAccount's
+        (``system:serviceaccount:NS:SA``) or ``token``'s, with ``namespace`` in its context."""
+        config = yaml.safe_load(Path(self.backend.kubeconfig).read_text())
+        if token is None and user.startswith("system:serviceaccount:"):
+            sns, _, sname = user.removeprefix("system:serviceaccount:").partition(":")
+            token = self.service_account_token(sns, sname)
+        elif token is None and user != "admin":
+            pytest.skip(f"user {user!r} needs the emulator (--backend emulator)")
+        if token is not None:
+            for entry in config.get("users") or []:
+                entry["user"] = {"token": token}
+        for entry in config.get("contexts") or []:
+            entry["context"]["namespace"] = namespace
+        Path(path).write_text(yaml.safe_dump(config))
         return path
 
     def service_account_token(self, namespace: str, name: str, **kw: Any) -> str:

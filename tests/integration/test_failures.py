@@ -155,7 +155,7 @@ def test_agent_credentials_are_its_own_only(api, ns, cluster, controller):
     api.create_agent(ns, "other", {"image": "agent:1"})
     wait_for(running(api, ns, "me"))
     wait_for(running(api, ns, "other"))
-    agent_api = Api(cluster.url, cluster.service_account_token(ns, "me-agent"))
+    agent_api = Api(cluster.url, cluster.service_account_token(ns, "me-agent"), getattr(cluster, "ca_file", None))
     agent_api.patch_agent(ns, "me", {"status": {"phase": "Working", "progress": 40}}, status=True)
     assert api.agent(ns, "me")["status"]["progress"] == 40
     assert agent_api.agent(ns, "me")["metadata"]["name"] == "me"

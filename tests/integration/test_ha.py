@@ -39,12 +39,23 @@ def holder(api: Any, ns: str) -> str | None:
 
 
 @pytest.fixture
-def replicas(api: Any, ns: str, make_controller: Any) -> tuple[Any, Any]:
+def lease_ns(ns: str, backend_name: str) -> str:
+    """Where the replicas' Lease lives: on the control plane the release namespace, as the chart's RBAC
+    has it (a Lease of that one name there); on the emulator the test's own namespace."""
+    if backend_name == "control-plane":
+        from backends import CONTROLLER_NAMESPACE
+
+        return CONTROLLER_NAMESPACE
+    return ns
+
+
+@pytest.fixture
+def replicas(api: Any, ns: str, make_controller: Any, lease_ns: str) -> tuple[Any, Any]:
     """(leader, standby): the first one started holds the Lease."""
-    leader = make_controller(leader_election=True, leader_election_namespace=ns, **FAST)
-    wait_for(lambda: holder(api, ns) == leader.elector.identity, timeout=FAILSAFE, message="leader holds the lease")
-    standby = make_controller(leader_election=True, leader_election_namespace=ns, **FAST)
-    assert holder(api, ns) == leader.elector.identity and not standby.elector.leading
+    leader = make_controller(leader_election=True, leader_election_namespace=lease_ns, **FAST)
+    wait_for(lambda: holder(api, lease_ns) == leader.elector.identity, timeout=FAILSAFE, message="leader holds the lease")
+    standby = make_controller(leader_election=True, leader_election_namespace=lease_ns, **FAST)
+    assert holder(api, lease_ns) == leader.elector.identity and not standby.elector.leading
     return leader, standby
 
 
@@ -92,7 +103,7 @@ def test_only_the_leader_acts(api, ns, replicas, archive_dir):
     assert health.status == 200          # a standby is healthy: it is waiting, not failing
 
 
-def test_failover_when_the_leader_stops(api, ns, replicas, archive_dir):
+def test_failover_when_the_leader_stops(api, ns, replicas, archive_dir, lease_ns):
     leader, standby = replicas
     api.create_agent(ns, "inflight", {"image": "agent:1", "env": script([{"log": "working\n"}, {"sleep": 3600}])})
     wait_for(lambda: api.agent(ns, "inflight").get("status", {}).get("phase") == "Running",
@@ -100,7 +111,7 @@ def test_failover_when_the_leader_stops(api, ns, replicas, archive_dir):
     leader.stop()
     assert leader.error is None
     # A clean stop releases the Lease: the standby takes it without waiting for it to expire.
-    wait_for(lambda: holder(api, ns) == standby.elector.identity, timeout=FAILSAFE, message="standby took over")
+    wait_for(lambda: holder(api, lease_ns) == standby.elector.identity, timeout=FAILSAFE, message="standby took over")
     api.patch_agent(ns, "inflight", {"spec": {"terminate": True}})
     inflight = assert_cleaned_once(api, ns, "inflight", archive_dir)
     assert (inflight["status"]["phase"], inflight["status"]["reason"]) == ("Terminated", "Killed")
@@ -108,27 +119,28 @@ def test_failover_when_the_leader_stops(api, ns, replicas, archive_dir):
     assert cleanups(standby) == 1
 
 
-def run_replica(kubeconfig: str, archive: Path, ns: str, log: Path) -> subprocess.Popen[bytes]:
+def run_replica(kubeconfig: str, archive: Path, ns: str, log: Path, lease_ns: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "controller.cli", "run", "--kubeconfig", kubeconfig, "--namespace", ns,
            "--archive-dir", str(archive), "--metrics-port", "0", "--health-port", "0", "--leader-election",
-           "--leader-election-namespace", ns, "--leader-election-lease-duration", "4",
+           "--leader-election-namespace", lease_ns, "--leader-election-lease-duration", "4",
            "--leader-election-renew-deadline", "3", "--leader-election-retry-period", "0.5"]
     return subprocess.Popen(cmd, stderr=log.open("wb"), stdout=subprocess.DEVNULL)
 
 
-def test_a_paused_leader_stops_before_the_new_one_takes_over(tmp_path, cluster, api, ns):
+def test_a_paused_leader_stops_before_the_new_one_takes_over(tmp_path, cluster, api, ns, lease_ns):
     """The leader is paused (SIGSTOP) in the middle of a cleanup, its pod terminating and its log being
     streamed; the standby takes over once the Lease expired and finishes the cleanup; resumed, the old
     leader finds it lost the Lease and exits without writing anything: one archive, byte-identical to
     what the container wrote, no partial directory left."""
-    kubeconfig = cluster.kubeconfig_path(str(tmp_path / "kubeconfig"), user="admin")
+    # The controller's own credentials (on the control plane: its ServiceAccount with the chart's RBAC).
+    kubeconfig = cluster.kubeconfig_path(str(tmp_path / "kubeconfig"), token=getattr(cluster, "controller_token", None))
     archive = tmp_path / "archive"
-    first = run_replica(kubeconfig, archive, ns, tmp_path / "first.log")
+    first = run_replica(kubeconfig, archive, ns, tmp_path / "first.log", lease_ns)
     second: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: holder(api, ns), timeout=FAILSAFE, message="first replica holds the lease")
-        first_identity = holder(api, ns)
-        second = run_replica(kubeconfig, archive, ns, tmp_path / "second.log")
+        wait_for(lambda: holder(api, lease_ns), timeout=FAILSAFE, message="first replica holds the lease")
+        first_identity = holder(api, lease_ns)
+        second = run_replica(kubeconfig, archive, ns, tmp_path / "second.log", lease_ns)
         created = api.create_agent(ns, "paused", {
             "image": "agent:1", "cleanup": {"gracePeriodSeconds": 10},
             "env": script([{"log": "before the end\n"}, {"sleep": 3600}],
@@ -140,7 +152,7 @@ def test_a_paused_leader_stops_before_the_new_one_takes_over(tmp_path, cluster, 
         wait_for(lambda: (api.pod(ns, "paused") or {}).get("metadata", {}).get("deletionTimestamp"),
                  timeout=FAILSAFE, message="the leader asked the pod to stop")
         first.send_signal(signal.SIGSTOP)
-        wait_for(lambda: holder(api, ns) not in (None, first_identity), timeout=FAILSAFE,
+        wait_for(lambda: holder(api, lease_ns) not in (None, first_identity), timeout=FAILSAFE,
                  message="the second replica took the lease")
         agent = wait_for(cleaned(api, ns, "paused"), timeout=FAILSAFE, message="cleaned by the new leader")
         first.send_signal(signal.SIGCONT)
