@@ -1,6 +1,11 @@
 # agent-controller container image.
 #
-#   docker build -t agent-controller:0.1.0 .
+#   VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+#   docker build --build-arg VERSION="$VERSION" -t agent-controller:"$VERSION" .
+#
+# VERSION (required) is the package version of pyproject.toml — the build stops when it is not:
+# it becomes the image's org.opencontainers.image.version label, and the Helm chart's default image
+# tag is that version too (its appVersion). docs/install.md: building, pushing, using it.
 #
 # Two stages: the first installs the pinned dependencies (requirements.lock, wheels only) and the
 # package into a virtualenv; the second copies just that virtualenv onto a clean slim Python,
@@ -20,6 +25,10 @@ COPY requirements.lock ./
 RUN pip install --no-cache-dir --no-deps --only-binary=:all: --requirement requirements.lock
 
 COPY pyproject.toml README.md ./
+# The version given must be the package's (no image labelled with another version than it runs).
+# Declared here, not above: a new version does not invalidate the cached dependency layer.
+ARG VERSION
+RUN python -c 'import sys, tomllib; want = tomllib.load(open("pyproject.toml", "rb"))["project"]["version"]; sys.exit(None if sys.argv[1] == want else f"build with --build-arg VERSION={want} (the version of pyproject.toml), not {sys.argv[1]!r}")' "${VERSION}"
 COPY controller ./controller
 RUN pip install --no-cache-dir --no-deps . \
     && pip check \
@@ -27,10 +36,11 @@ RUN pip install --no-cache-dir --no-deps . \
 
 
 FROM python:3.11.11-slim-bookworm
+ARG VERSION
 
 LABEL org.opencontainers.image.title="agent-controller" \
       org.opencontainers.image.description="Kubernetes controller for AI agents: archives their logs and tears down everything they held when they end." \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 RUN groupadd --system --gid 65532 agent-controller \

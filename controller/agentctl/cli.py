@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from controller import __version__
+from controller.agentctl import __version__
+from controller.agentctl.args import OneLineParser as _Parser
+from controller.agentctl.args import int_in
 from controller.agentctl.status import AGENT_PHASES, StatusError, UsageError
-from controller.cliargs import OneLineParser as _Parser
-from controller.cliargs import int_in
 
 _progress = int_in(0, 100, "progress")
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     kill = sub.add_parser(
         "kill",
         help="kill an agent (sets spec.terminate: true)",
-        description="Kill an agent: sets spec.terminate: true; the controller terminates and cleans it up.",
+        description="Kill an agent: sets spec.terminate: true; the controller terminates and cleans it up. "
+        "An agent that already ended is left as it is (exit 0).",
     )
     kill.add_argument("name", help="name of the Agent")
     kill.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's, else 'default')")
@@ -83,8 +84,12 @@ def _main(argv: Sequence[str]) -> int:
         return 0
     if args.command == "kill":
         ns = args.namespace or status.default_namespace()
-        status.kill(args.name, ns)
-        sys.stdout.write(f"agent.agentcontroller.dev/{args.name} terminate requested (namespace {ns})\n")
+        killed = status.kill(args.name, ns)
+        if not killed.requested:
+            sys.stdout.write(f"agent.agentcontroller.dev/{args.name} already ended ({killed.phase}); "
+                             "nothing to kill\n")
+        else:
+            sys.stdout.write(f"agent.agentcontroller.dev/{args.name} terminate requested (namespace {ns})\n")
         return 0
     raise UsageError(f"unknown command {args.command!r}")
 

@@ -1,25 +1,26 @@
 """Talking to the Kubernetes API from inside an agent pod: report the agent's phase, kill an agent.
 
 Credentials: the in-cluster service account when ``KUBERNETES_SERVICE_HOST`` is set, else the
-kubeconfig (``KUBECONFIG``, default ``~/.kube/config``). Inside a pod these are the agent's own
-credentials, which allow only ``get`` on its own Agent and ``get``/``patch`` on its own
-``agents/status``; nothing here needs more.
+kubeconfig (``KUBECONFIG``, default ``~/.kube/config``); see :mod:`controller.agentctl.kubeapi`.
+Inside a pod these are the agent's own credentials, which allow only ``get`` on its own Agent and
+``get``/``patch`` on its own ``agents/status``; nothing here needs more.
 
-The ``kubernetes`` package is imported lazily so that ``agentctl run`` starts its child at once.
+Standard library only (the requests go through :mod:`controller.agentctl.kubeapi`, ``urllib``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from controller import GROUP, PLURAL, VERSION
+from controller.agentctl import GROUP, PLURAL, VERSION, kubeapi
+from controller.agentctl.kubeapi import SA_DIR, SA_DIR_ENV, in_cluster, sa_dir
 
 AGENT_PHASES: tuple[str, ...] = ("Running", "Working", "Blocked", "Completed", "Failed", "Error")
 """Phases an agent may report about itself."""
@@ -32,16 +33,29 @@ MAX_REASON = 128
 MAX_MESSAGE = 32768
 CONFLICT_RETRIES = 5
 REQUEST_TIMEOUT = 5.0
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-SA_DIR_ENV = "AGENT_SERVICEACCOUNT_DIR"
-"""Where the pod's service-account files (token, ca.crt, namespace) are, when not at SA_DIR (the node
-simulator's local-process mode sets it; a real kubelet mounts them at SA_DIR)."""
 SA_NAMESPACE_FILE = SA_DIR + "/namespace"
+MAX_RETRY_DELAY = 1.0
+"""Longest pause between two attempts, unless the API asks for more (``Retry-After``)."""
 
-
-def sa_dir() -> str:
-    """The service-account directory: ``$AGENT_SERVICEACCOUNT_DIR``, else the standard mount path."""
-    return os.environ.get(SA_DIR_ENV) or SA_DIR
+__all__ = [
+    "AGENT_PHASES",
+    "SA_DIR",
+    "SA_DIR_ENV",
+    "TERMINAL_PHASES",
+    "KillResult",
+    "ReportResult",
+    "StatusError",
+    "UsageError",
+    "agent_identity",
+    "api_client",
+    "default_namespace",
+    "in_cluster",
+    "kill",
+    "report",
+    "report_output",
+    "sa_dir",
+    "validate_report",
+]
 
 T = TypeVar("T")
 
@@ -65,6 +79,16 @@ class ReportResult:
     previous_phase: str | None
 
 
+@dataclass(frozen=True)
+class KillResult:
+    """Outcome of :func:`kill`."""
+
+    requested: bool
+    """True when ``spec.terminate: true`` was written; False when the agent had already ended."""
+    phase: str | None
+    """The terminal phase the agent had already reached (when not requested)."""
+
+
 def utc_now() -> str:
     """The current time in RFC 3339, UTC, with a ``Z`` suffix (second precision)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -85,35 +109,13 @@ def validate_report(phase: str, progress: int | None, message: str | None, reaso
 # --------------------------------------------------------------------------- configuration
 
 
-def _kubeconfig_file() -> str:
-    return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-
-
-def in_cluster() -> bool:
-    """True inside a pod (the in-cluster config is used then)."""
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-
-
-def api_client() -> Any:
-    """A ``kubernetes.client.ApiClient`` for the in-cluster config or the kubeconfig."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
+def api_client() -> kubeapi.Client:
+    """A client for the in-cluster config or the kubeconfig (:mod:`controller.agentctl.kubeapi`)."""
     try:
-        if in_cluster():
-            from kubernetes.config.incluster_config import InClusterConfigLoader
-
-            d = sa_dir()
-            InClusterConfigLoader(
-                token_filename=os.path.join(d, "token"), cert_filename=os.path.join(d, "ca.crt")
-            ).load_and_set(cfg)
-        else:
-            config.load_kube_config(config_file=_kubeconfig_file(), client_configuration=cfg)
-    except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-        where = "in-cluster config" if in_cluster() else f"kubeconfig {_kubeconfig_file()}"
-        raise StatusError(f"cannot load {where}: {_one_line(str(exc))}") from None
-    cfg.retries = 0  # our own loops retry; urllib3's silent retries would blow the time budget
-    return client.ApiClient(cfg)
+        return kubeapi.Client(kubeapi.load_config())
+    except kubeapi.ConfigError as exc:
+        where = "in-cluster config" if in_cluster() else f"kubeconfig {kubeapi.kubeconfig_paths()}"
+        raise StatusError(f"cannot load {where}: {exc}") from None
 
 
 def default_namespace() -> str:
@@ -128,11 +130,7 @@ def default_namespace() -> str:
             pass
         return "default"
     try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts(config_file=_kubeconfig_file())
-        ns = (active or {}).get("context", {}).get("namespace")
-        return str(ns) if ns else "default"
+        return kubeapi.kubeconfig_namespace() or "default"
     except Exception:  # noqa: BLE001 - a broken kubeconfig surfaces when it is loaded
         return "default"
 
@@ -146,6 +144,14 @@ def agent_identity() -> tuple[str, str]:
     return name, ns
 
 
+def _path(ns: str, name: str, sub: str = "") -> str:
+    q = urllib.parse.quote
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{q(ns, safe='')}/{PLURAL}/{q(name, safe='')}{sub}"
+
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
 # --------------------------------------------------------------------------- errors and retries
 
 
@@ -154,42 +160,29 @@ def _one_line(text: str) -> str:
 
 
 def _api_status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
+    return exc.status if isinstance(exc, kubeapi.ApiError) else None
 
 
 def _api_message(exc: BaseException) -> str:
-    """The API's own message of an ``ApiException`` (its Status body), else the exception text."""
-    body = getattr(exc, "body", None)
-    if body:
-        try:
-            data = json.loads(body)
-            if isinstance(data, dict) and data.get("message"):
-                return _one_line(str(data["message"]))
-        except ValueError:
-            pass
-    status = _api_status(exc)
-    if status is not None:
-        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    """The API's own message of an :class:`~kubeapi.ApiError` (its Status body), else the exception text."""
+    if isinstance(exc, kubeapi.ApiError):
+        return exc.message()
     return _one_line(str(exc)) or type(exc).__name__
-
-
-def _is_api_exception(exc: BaseException) -> bool:
-    from kubernetes.client.exceptions import ApiException
-
-    return isinstance(exc, ApiException)
 
 
 def _transient(exc: BaseException) -> bool:
     """Worth retrying: connection problems, timeouts, 429 and 5xx."""
-    if _is_api_exception(exc):
-        status = _api_status(exc)
-        return status is None or status == 429 or status >= 500
-    return True  # urllib3 / socket level errors
+    if isinstance(exc, kubeapi.ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, kubeapi.TransportError)
 
 
 def _with_retries(call: Callable[[float], T], deadline: float) -> T:
-    """Run ``call(timeout)`` until it succeeds, fails permanently, or ``deadline`` passes."""
+    """Run ``call(timeout)`` until it succeeds, fails permanently, or ``deadline`` passes.
+
+    The pause between attempts grows from 0.2 s to 1 s; an answer with ``Retry-After`` (429, 503)
+    is not retried before that time — nor at all when that is past the deadline.
+    """
     delay = 0.2
     while True:
         remaining = deadline - time.monotonic()
@@ -197,19 +190,24 @@ def _with_retries(call: Callable[[float], T], deadline: float) -> T:
         try:
             return call(timeout)
         except Exception as exc:  # classified by _transient, re-raised when permanent
-            if not _transient(exc) or time.monotonic() + delay >= deadline:
+            wait = delay
+            if isinstance(exc, kubeapi.ApiError) and exc.retry_after is not None:
+                wait = max(wait, exc.retry_after)
+            if not _transient(exc) or time.monotonic() + wait >= deadline:
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            time.sleep(wait)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
 
 
 def _describe(exc: BaseException, what: str, ns: str, name: str) -> StatusError:
-    status = _api_status(exc) if _is_api_exception(exc) else None
+    status = _api_status(exc)
     if status == 404:
         return StatusError(f"{what}: agent {ns}/{name} not found")
     if status in (401, 403):
         return StatusError(f"{what}: forbidden: {_api_message(exc)}")
     if status is not None:
+        return StatusError(f"{what}: {_api_message(exc)}")
+    if isinstance(exc, (kubeapi.ConfigError, kubeapi.ResponseError)):
         return StatusError(f"{what}: {_api_message(exc)}")
     return StatusError(f"{what}: API unreachable: {_api_message(exc)}")
 
@@ -230,7 +228,7 @@ def report(
 
     Reads the status first and never overwrites a terminal phase; writes with the
     ``resourceVersion`` read (optimistic concurrency), re-reading on 409 a few times.
-    Transient failures (API down, 5xx) are retried until ``retry_seconds`` have passed.
+    Transient failures (API down, 5xx, 429) are retried until ``retry_seconds`` have passed.
     When the phase changes, ``reason`` and ``message`` not given are cleared (they describe the
     latest phase). ``completionTime`` is the controller's to set (it is one of the status fields
     only the controller may write): an agent's report never carries it.
@@ -239,18 +237,11 @@ def report(
     name, ns = agent_identity()
     deadline = time.monotonic() + retry_seconds
     api = api_client()
+    path = _path(ns, name, "/status")
     try:
-        from kubernetes import client
-
-        co = client.CustomObjectsApi(api)
         for _ in range(CONFLICT_RETRIES):
             try:
-                current: Any = _with_retries(
-                    lambda t: co.get_namespaced_custom_object_status(
-                        GROUP, VERSION, ns, PLURAL, name, _request_timeout=t
-                    ),
-                    deadline,
-                )
+                current: Any = _with_retries(lambda t: api.request("GET", path, timeout=t), deadline)
             except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
                 raise _describe(exc, f"cannot read status of agent {ns}/{name}", ns, name) from None
             if not isinstance(current, dict):
@@ -265,20 +256,12 @@ def report(
                 body["status"]["output"] = output
             try:
                 _with_retries(
-                    lambda t, body=body: co.patch_namespaced_custom_object_status(  # type: ignore[misc]
-                        GROUP,
-                        VERSION,
-                        ns,
-                        PLURAL,
-                        name,
-                        body,
-                        _content_type="application/merge-patch+json",
-                        _request_timeout=t,
-                    ),
+                    lambda t, body=body: api.request(  # type: ignore[misc]
+                        "PATCH", path, body, content_type=MERGE_PATCH, timeout=t),
                     deadline,
                 )
             except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
-                if _is_api_exception(exc) and _api_status(exc) == 409:
+                if _api_status(exc) == 409:
                     continue  # someone wrote in between: re-read and decide again
                 raise _describe(exc, f"cannot report {phase} for agent {ns}/{name}", ns, name) from None
             return ReportResult(written=True, phase=phase, previous_phase=old_phase)
@@ -295,15 +278,10 @@ def report_output(output: dict[str, int], *, retry_seconds: float = 10.0) -> Non
     deadline = time.monotonic() + retry_seconds
     api = api_client()
     try:
-        from kubernetes import client
-
-        co = client.CustomObjectsApi(api)
         try:
             _with_retries(
-                lambda t: co.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, ns, PLURAL, name, {"status": {"output": output}},
-                    _content_type="application/merge-patch+json", _request_timeout=t,
-                ),
+                lambda t: api.request("PATCH", _path(ns, name, "/status"), {"status": {"output": output}},
+                                      content_type=MERGE_PATCH, timeout=t),
                 deadline,
             )
         except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
@@ -334,31 +312,37 @@ def _status_patch(
     return body
 
 
-def kill(name: str, namespace: str, *, retry_seconds: float = 10.0) -> None:
-    """Merge-patch ``spec.terminate: true`` on the Agent (the controller then terminates it)."""
+def kill(name: str, namespace: str, *, retry_seconds: float = 10.0) -> KillResult:
+    """Merge-patch ``spec.terminate: true`` on the Agent (the controller then terminates it).
+
+    An agent that already ended (a terminal phase) is left alone: nothing is written and the
+    result says which phase it ended in. The Agent is read first; when the credentials may not
+    read it (403) but perhaps patch it, the patch is tried all the same.
+    """
     if not name:
         raise UsageError("agent name must not be empty")
     deadline = time.monotonic() + retry_seconds
     api = api_client()
+    path = _path(namespace, name)
+    what = f"cannot kill agent {namespace}/{name}"
     try:
-        from kubernetes import client
-
-        co = client.CustomObjectsApi(api)
+        try:
+            current: Any = _with_retries(lambda t: api.request("GET", path, timeout=t), deadline)
+        except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+            if _api_status(exc) != 403:
+                raise _describe(exc, what, namespace, name) from None
+            current = None
+        phase = ((current.get("status") or {}).get("phase")) if isinstance(current, dict) else None
+        if phase in TERMINAL_PHASES:
+            return KillResult(requested=False, phase=str(phase))
         try:
             _with_retries(
-                lambda t: co.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    name,
-                    {"spec": {"terminate": True}},
-                    _content_type="application/merge-patch+json",
-                    _request_timeout=t,
-                ),
+                lambda t: api.request("PATCH", path, {"spec": {"terminate": True}}, content_type=MERGE_PATCH,
+                                      timeout=t),
                 deadline,
             )
         except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
-            raise _describe(exc, f"cannot kill agent {namespace}/{name}", namespace, name) from None
+            raise _describe(exc, what, namespace, name) from None
+        return KillResult(requested=True, phase=None)
     finally:
         api.close()

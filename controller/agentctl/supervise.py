@@ -15,10 +15,12 @@ The supervisor
   ``PR_SET_CHILD_SUBREAPER``;
 * on SIGTERM gives the process tree the grace period (``AGENT_GRACE_SECONDS``, default 5, less a
   small reserve for the final kill and check), then SIGKILLs the process group and every other
-  descendant psutil finds, and verifies that nothing survives (one line on stderr);
+  descendant found in ``/proc``, and verifies that nothing survives (one line on stderr);
 * when the child exits on its own, terminates stray descendants the same way, reports
   ``Completed``/``Failed`` to the Agent's status (only when ``AGENT_NAME`` is set) and exits with
   the child's code (128+N when it was killed by signal N).
+
+Standard library only: the process tree is read from ``/proc`` (Linux), see :func:`processes`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
 DEFAULT_GRACE_SECONDS = 5.0
@@ -71,6 +71,109 @@ def set_child_subreaper() -> bool:
         return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+# ------------------------------------------------------------------ /proc
+
+PROC = "/proc"
+STATES = {
+    "R": "running", "S": "sleeping", "D": "disk-sleep", "T": "stopped", "t": "tracing-stop",
+    "Z": "zombie", "X": "dead", "x": "dead", "K": "wake-kill", "W": "waking", "P": "parked",
+    "I": "idle",
+}
+"""``/proc/PID/stat`` states, named as ``ps`` (and psutil) name them."""
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process as ``/proc/PID/stat`` showed it."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    start: int
+    """Start time in clock ticks since boot: with the pid, identifies the process (pids are reused)."""
+
+    @property
+    def status(self) -> str:
+        return STATES.get(self.state, self.state)
+
+    def name(self) -> str:
+        """The process name: ``comm``, or the program's name from its command line when ``comm``
+        was cut to 15 characters."""
+        if len(self.comm) >= 15:
+            try:
+                with open(f"{PROC}/{self.pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+                base = os.path.basename(argv0)
+                if base.startswith(self.comm):
+                    return base
+            except OSError:
+                pass
+        return self.comm
+
+
+def read_proc(pid: int) -> Proc | None:
+    """The process ``pid`` from ``/proc/PID/stat``; None when it does not exist (any more)."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    #  cutime cstime priority nice threads itrealvalue starttime ...": comm may hold spaces and ')'.
+    left, paren, rest = raw.rpartition(")")
+    if not paren:
+        return None
+    fields = rest.split()
+    try:
+        return Proc(pid=pid, comm=left.partition("(")[2], state=fields[0], ppid=int(fields[1]),
+                    pgrp=int(fields[2]), start=int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def processes() -> list[Proc]:
+    """Every process visible in ``/proc``."""
+    try:
+        names = os.listdir(PROC)
+    except OSError:
+        return []
+    found = []
+    for entry in names:
+        if entry.isdigit():
+            p = read_proc(int(entry))
+            if p is not None:
+                found.append(p)
+    return found
+
+
+def send(p: Proc, sig: int) -> bool:
+    """Signal ``p`` unless it is gone or its pid now belongs to another process; True when sent.
+
+    With a pidfd (Linux 5.3+) the check and the signal cannot race with the pid's reuse.
+    """
+    fd = None
+    try:
+        fd = os.pidfd_open(p.pid)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        now = read_proc(p.pid)
+        if now is None or now.start != p.start:
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(p.pid, sig)
+        return True
+    except OSError:  # gone meanwhile (ESRCH), or not ours to signal (EPERM)
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def grace_seconds(env: Mapping[str, str] | None = None) -> float:
@@ -198,32 +301,25 @@ class Supervisor:
             if pid == self.child_pid:
                 self.child_status = status
 
-    def _tree(self) -> list[psutil.Process]:
+    def _tree(self) -> list[Proc]:
         """Live processes of the tree: our descendants plus anything left in the child's group."""
-        found: dict[int, psutil.Process] = {}
-        try:
-            for p in psutil.Process(self.me).children(recursive=True):
-                found[p.pid] = p
-        except psutil.Error:
-            pass
+        every = processes()
+        children: dict[int, list[Proc]] = {}
+        for p in every:
+            children.setdefault(p.ppid, []).append(p)
+        found: dict[int, Proc] = {}
+        todo = [self.me]
+        while todo:
+            for p in children.get(todo.pop(), []):
+                if p.pid not in found and p.pid != self.me:
+                    found[p.pid] = p
+                    todo.append(p.pid)
         if self.child_pid and self._group_exists():
-            for pid in psutil.pids():
-                if pid in found or pid == self.me:
-                    continue
-                try:
-                    if os.getpgid(pid) == self.child_pid:
-                        found[pid] = psutil.Process(pid)
-                except (OSError, psutil.Error):
-                    continue
-        live: list[psutil.Process] = []
-        for p in found.values():
-            try:
-                if p.status() == psutil.STATUS_ZOMBIE:
-                    continue  # already dead: we reap it, or its (live, listed) parent will be killed
-            except psutil.Error:
-                continue
-            live.append(p)
-        return live
+            for p in every:
+                if p.pgrp == self.child_pid and p.pid != self.me:
+                    found.setdefault(p.pid, p)
+        # A zombie is already dead: we reap it, or its (live, listed) parent will be killed.
+        return [p for p in found.values() if p.state not in ("Z", "X", "x")]
 
     def _group_exists(self) -> bool:
         try:
@@ -246,10 +342,7 @@ class Supervisor:
         if self.child_status is None:
             return
         for p in self._tree():
-            try:
-                p.send_signal(sig)
-            except psutil.Error:
-                pass
+            send(p, sig)
 
     def _kill_all(self) -> None:
         """SIGKILL the whole tree until it is gone (or :data:`KILL_WAIT_SECONDS` pass), reaping."""
@@ -261,11 +354,8 @@ class Supervisor:
                 return
             self._signal_group(signal.SIGKILL)
             for p in left:
-                try:
-                    p.kill()
+                if send(p, signal.SIGKILL):
                     self.killed.add(p.pid)
-                except psutil.Error:
-                    pass
             signal.sigtimedwait({signal.SIGCHLD}, 0.05)
 
     # ------------------------------------------------------------------ terminal
@@ -386,12 +476,7 @@ class Supervisor:
         had_strays = strays_signalled
         self._kill_all()
         self._reap()
-        survivors = []
-        for p in self._tree():
-            try:
-                survivors.append(f"{p.pid} ({p.name()}, {p.status()})")
-            except psutil.Error:
-                continue
+        survivors = [f"{p.pid} ({p.name()}, {p.status})" for p in self._tree()]
         if self.child_status is None:
             code = 128 + signal.SIGKILL  # unkillable child: report as killed
         else:
@@ -410,7 +495,7 @@ class Supervisor:
 
 
 def verification_line(o: Outcome) -> str:
-    """The one-line result of the final psutil check."""
+    """The one-line result of the final check (``/proc``)."""
     if o.survivors:
         return (
             f"process tree NOT clean: {len(o.survivors)} descendants left: "

@@ -1,145 +1,28 @@
 """``agentctl report`` / ``kill`` and the report of ``agentctl run``, against a tiny stand-in API.
 
-The stand-in serves only the Agent endpoints agentctl uses (GET/PATCH of ``agents`` and
-``agents/status``), enforces ``resourceVersion`` preconditions (409), the terminal-phase rule
-(422) and lets a test inject failures or a concurrent writer. RBAC and the real CRD rules are
-exercised against the project's API emulator in ``test_agentctl_api.py``.
+The stand-in (:mod:`fakeapi`) serves only the Agent endpoints agentctl uses (GET/PATCH of
+``agents`` and ``agents/status``), enforces ``resourceVersion`` preconditions (409), the
+terminal-phase rule (422) and lets a test inject failures or a concurrent writer. RBAC and the
+real CRD rules are exercised against the project's API emulator in ``test_agentctl_api.py``;
+credentials (in-cluster, kubeconfig variants, TLS) in ``test_agentctl_kubeapi.py``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agentctl_helpers import DEADLINE, agentctl, clean_env, popen_agentctl, write_kubeconfig
+from fakeapi import FakeAPI
 
 from controller.agentctl import status as st
 
-PATH_RE = re.compile(r"^/apis/agentcontroller\.dev/v1alpha1/namespaces/([^/]+)/agents/([^/?]+)(/status)?(\?.*)?$")
-TERMINAL = {"Completed", "Failed", "Error", "Terminated"}
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge(out.get(k), v)
-    return out
-
-
-class FakeAPI:
-    """Agent endpoints only; see the module docstring."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.rv = 100
-        self.requests: list[dict[str, Any]] = []
-        self.fail: list[int] = []  # status codes returned by the next requests
-        self.delay = 0.0  # seconds each response is held back
-        self.before_patch: Callable[[FakeAPI, dict[str, Any]], None] | None = None
-        self.lock = threading.Lock()
-        self.arrived = 0
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _status(self, code: int, msg: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "message": msg, "code": code})
-
-            def _handle(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                with api.lock:
-                    api.arrived += 1
-                time.sleep(api.delay)
-                with api.lock:
-                    api.requests.append({"method": method, "path": self.path, "body": body,
-                                         "content_type": self.headers.get("Content-Type"),
-                                         "auth": self.headers.get("Authorization")})
-                    if api.fail:
-                        code = api.fail.pop(0)
-                        return self._status(code, f"injected {code}")
-                    m = PATH_RE.match(self.path)
-                    if not m:
-                        return self._status(404, "not found")
-                    key = (m.group(1), m.group(2))
-                    obj = api.objects.get(key)
-                    if obj is None:
-                        return self._status(404, f'agents.agentcontroller.dev "{key[1]}" not found')
-                    if method == "GET":
-                        return self._send(200, obj)
-                    if self.headers.get("Content-Type") != "application/merge-patch+json":
-                        return self._status(415, "unsupported patch type")
-                    if api.before_patch is not None:
-                        hook, api.before_patch = api.before_patch, None
-                        hook(api, obj)
-                    want_rv = ((body or {}).get("metadata") or {}).get("resourceVersion")
-                    if want_rv is not None and want_rv != obj["metadata"]["resourceVersion"]:
-                        return self._status(409, "the object has been modified")
-                    part = "status" if m.group(3) else "spec"
-                    new = merge(obj.get(part) or {}, (body or {}).get(part) or {})
-                    old_phase = (obj.get("status") or {}).get("phase")
-                    if part == "status" and old_phase in TERMINAL and new.get("phase") != old_phase:
-                        return self._status(422, "status.phase is terminal and cannot change")
-                    obj[part] = new
-                    api.bump(obj)
-                    return self._send(200, obj)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_PATCH(self) -> None:
-                self._handle("PATCH")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def bump(self, obj: dict[str, Any]) -> None:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-
-    def add_agent(self, ns: str, name: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
-        obj = {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent",
-               "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
-               "spec": {"image": "x"}, "status": dict(status or {})}
-        with self.lock:
-            self.bump(obj)
-            self.objects[(ns, name)] = obj
-        return obj
-
-    def patches(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == "PATCH"]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -281,6 +164,66 @@ def test_kill_missing_agent_is_one_line_error(api: FakeAPI, tmp_path: Path) -> N
     r = agentctl("kill", "nope", "-n", "x", env=env_for(tmp_path, api))
     assert r.returncode == 1
     assert r.stderr == b"agentctl: error: cannot kill agent x/nope: agent x/nope not found\n"
+
+
+@pytest.mark.parametrize("phase", ["Completed", "Failed", "Error", "Terminated"])
+def test_kill_of_an_agent_that_already_ended_changes_nothing(api: FakeAPI, tmp_path: Path, phase: str) -> None:
+    api.add_agent("team-b", "done", {"phase": phase})
+    r = agentctl("kill", "done", "-n", "team-b", env=env_for(tmp_path, api))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"agent.agentcontroller.dev/done already ended ({phase}); nothing to kill\n".encode()
+    assert r.stderr == b""
+    assert api.patches() == []
+    assert api.objects[("team-b", "done")]["spec"] == {"image": "x"}
+
+
+def test_kill_of_a_running_agent_reads_it_then_patches(api: FakeAPI, tmp_path: Path) -> None:
+    api.add_agent("team-b", "busy", {"phase": "Working"})
+    r = agentctl("kill", "busy", "-n", "team-b", env=env_for(tmp_path, api))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"agent.agentcontroller.dev/busy terminate requested (namespace team-b)\n"
+    assert [q["method"] for q in api.requests] == ["GET", "PATCH"]
+    assert api.requests[0]["path"] == "/apis/agentcontroller.dev/v1alpha1/namespaces/team-b/agents/busy"
+
+
+def test_kill_when_reading_is_forbidden_still_tries_the_patch(api: FakeAPI) -> None:
+    """Credentials that may patch an Agent but not get it kill it as before."""
+    api.add_agent("team-b", "busy", {"phase": "Working"})
+    api.fail = [403]
+    res = st.kill("busy", "team-b", retry_seconds=5)
+    assert res.requested and res.phase is None
+    assert [q["method"] for q in api.requests] == ["GET", "PATCH"]
+    assert api.objects[("team-b", "busy")]["spec"]["terminate"] is True
+
+
+def test_kill_retries_transient_errors_of_the_read(api: FakeAPI) -> None:
+    api.add_agent("team-b", "done", {"phase": "Completed"})
+    api.fail = [503, 500]
+    res = st.kill("done", "team-b", retry_seconds=5)
+    assert not res.requested and res.phase == "Completed"
+    assert api.patches() == []
+
+
+# ------------------------------------------------------------------ Retry-After
+
+
+def test_retry_after_is_honoured(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Running"})
+    api.fail = [(429, {"Retry-After": "1"})]
+    assert st.report("Working", retry_seconds=10).written
+    first, second = api.requests[0], api.requests[1]
+    assert second["at"] - first["at"] >= 0.95, "retried before the time the API asked for"
+    assert api.objects[("team-a", "a1")]["status"]["phase"] == "Working"
+
+
+def test_retry_after_beyond_the_deadline_is_not_waited_for(api: FakeAPI) -> None:
+    api.add_agent("team-a", "a1", {"phase": "Running"})
+    api.fail = [(503, {"Retry-After": "120"})]
+    t0 = time.monotonic()
+    with pytest.raises(st.StatusError, match=r"^cannot read status of agent team-a/a1: injected 503$"):
+        st.report("Working", retry_seconds=3)
+    assert time.monotonic() - t0 < 2
+    assert len(api.requests) == 1
 
 
 # ------------------------------------------------------------------ run reports the exit
