@@ -41,6 +41,7 @@ POD_FINISHED = ("Succeeded", "Failed")
 STREAM_DRAIN_SECONDS = 10.0      # after the pod is gone, how long its log streams may take to end
 MAX_RESUMES = 20                 # broken streams resumed per log before it is recorded incomplete
 DEFAULT_LOG_TIMEOUT = 300.0      # cleanup.logTimeoutSeconds' default (api.DEFAULTS)
+CAPTURE_RETRY_SECONDS = 2.0      # a running pod whose logs could not be opened yet: try again this soon
 
 ExtraFiles = Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]
 
@@ -97,6 +98,11 @@ def start_capture(rt: Runtime, agent: Mapping[str, Any], pod: Mapping[str, Any])
             log.warning("agent %s/%s: cannot capture its logs while it runs: %s", meta["namespace"], meta["name"], exc)
         finally:
             live.ready.set()
+        if not live.captures and live.pending is not None and rt.captures.get(uid) is live:
+            # Nothing to read yet (a container not started, the node not serving it): a later sync
+            # tries again.
+            del rt.captures[uid]
+            rt.queue.add_after((meta["namespace"], meta["name"]), CAPTURE_RETRY_SECONDS)
 
     rt.spawn(f"capture/{uid}", begin())
 

@@ -197,7 +197,10 @@ def render_controller_rbac() -> str:
     home = TOOLS / "helm-home"
     env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
            "HELM_DATA_HOME": str(home / "data"), "KUBECONFIG": os.devnull}
+    # Rendered as for standby replicas (replicas: 2, a ReadWriteMany archive): the RBAC then has the
+    # Lease rules leader election needs, which the HA tests use; the rest is the same.
     proc = subprocess.run([_helm(), "template", RELEASE, str(CHART), "--namespace", CONTROLLER_NAMESPACE,
+                           "--set", "replicas=2", "--set", "archive.persistence.accessModes={ReadWriteMany}",
                            "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     if proc.returncode != 0:

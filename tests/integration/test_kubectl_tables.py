@@ -101,7 +101,7 @@ def test_kubectl_get_agents_shows_reason_and_wide_columns(api, ns, cluster, cont
         row = wide[name]
         assert rows[name] == {k: row[k] for k in COLUMNS}
         assert row["PHASE"] == st["phase"] and row["REASON"] == (st.get("reason") or "")
-        assert row["POD"] == name and row["NODE"] == st["nodeName"] == "devcluster-node"
+        assert row["POD"] == name and row["NODE"] == st["nodeName"] != ""      # the node it ran on
         assert row["CLEANUP"] == cleanup.get("state", "") and row["TRIGGER"] == cleanup.get("trigger", "")
         assert row["ARCHIVED"] == str(cleanup.get("archivedBytes", "")) and AGE.match(row["AGE"])
     assert wide["busy"]["PHASE"] == "Running" and wide["busy"]["FINISHED"] == "" and wide["busy"]["CLEANUP"] == ""

@@ -39,7 +39,8 @@ def held_agent(api: Any, ns: str, name: str, finalizers: list[str]) -> dict[str,
 
 def release(cluster: Any, ns: str, **kwargs: Any) -> Any:
     async def go() -> Any:
-        client = KubeClient(ClientConfig(server=cluster.url, token=cluster.admin_token))
+        client = KubeClient(ClientConfig(server=cluster.url, token=cluster.admin_token,
+                                         ca_file=getattr(cluster, "ca_file", None)))
         try:
             return await release_finalizers(client, [ns], **kwargs)
         finally:
@@ -62,7 +63,7 @@ def test_release_finalizers_frees_deleted_agents_only(cluster: Any, api: Any, ns
     assert sorted(result.released) == [f"{ns}/deleted", f"{ns}/shared"]
     assert result.skipped == [f"{ns}/running"] and result.failed == {}
     wait_for(lambda: api.agent_or_none(ns, "deleted") is None, timeout=30)
-    wait_for(lambda: api.pod(ns, "deleted") is None, timeout=30, message="the garbage collector takes the pod")
+    wait_for(lambda: api.pod(ns, "deleted") is None, timeout=180, message="the garbage collector takes the pod")
     assert api.agent(ns, "shared")["metadata"]["finalizers"] == ["example.com/keep"]  # not ours: kept
     assert api.agent(ns, "running")["metadata"]["finalizers"] == [FINALIZER]
 
@@ -80,7 +81,7 @@ def test_uninstall_command_lists_then_releases(cluster: Any, api: Any, ns: str) 
 
     held_agent(api, ns, "left", [FINALIZER])
     api.delete_agent(ns, "left")
-    config = ClientConfig(server=cluster.url, token=cluster.admin_token)
+    config = ClientConfig(server=cluster.url, token=cluster.admin_token, ca_file=getattr(cluster, "ca_file", None))
     out = io.StringIO()
     assert asyncio.run(uninstall_command(config, [ns], release=False, out=out)) == 1
     assert f"{ns}/left (being deleted)" in out.getvalue()
