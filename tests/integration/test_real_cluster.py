@@ -8,6 +8,8 @@ import json
 import threading
 import uuid
 
+import pytest
+
 from helpers import HttpError, leftovers, script, wait_for
 from test_lifecycle import archive_path, assert_manifest, cleaned
 from test_sweep import healthz, orphan, sample, scrape
@@ -195,3 +197,34 @@ def test_12_hostile_shapes_end_in_invalid_spec_or_are_refused(api, ns, controlle
     assert str(uuid.uuid4())   # (the controller is still alive: the next test's agents run)
     api.create_agent(ns, "after", {"image": "agent:1", "env": script([{"exit": 0}])})
     wait_for(cleaned(api, ns, "after"))
+
+
+def test_4_a_pod_the_api_refuses_ends_the_agent_pod_rejected(api, ns, backend_name, make_controller):
+    """Pod Security admission refuses the pod with 403 (not 400/422): the Agent ends Failed/PodRejected
+    with the API's message, instead of being retried forever. The controller's own policy is set to
+    `privileged` here, so that the real API server's admission is what says no."""
+    if backend_name != "control-plane":
+        pytest.skip("Pod Security admission is the real API server's (the control-plane backend)")
+    make_controller(pod_security="privileged")
+    api.create_agent(ns, "hostnet", {"image": "agent:1", "podTemplate": {"spec": {"hostNetwork": True}},
+                                     "env": script([{"sleep": 3600}])})
+    agent = wait_for(lambda: (a := api.agent(ns, "hostnet")).get("status", {}).get("phase") == "Failed" and a,
+                     timeout=120, message="Failed")
+    assert agent["status"]["reason"] == "PodRejected"
+    assert "violates PodSecurity" in agent["status"]["message"] and "hostNetwork" in agent["status"]["message"]
+    agent = wait_for(cleaned(api, ns, "hostnet"), timeout=120)
+    assert agent["status"]["cleanup"]["podDeleted"] is False     # no pod ever existed
+    assert agent["status"]["cleanup"]["verifiedNoLeaks"] is True
+
+
+def test_4_a_pod_that_never_starts_ends_start_timeout(api, ns, controller):
+    """An image that cannot be pulled: Pending with the waiting reason while it waits, then, past
+    startDeadlineSeconds, Failed/StartTimeout with the last waiting reason and message."""
+    api.create_agent(ns, "nopull", {"image": "agent:1", "startDeadlineSeconds": 2, "podTemplate": {"metadata": {
+        "annotations": {"sim.agentcontroller.dev/waiting-reason": "ImagePullBackOff",
+                        "sim.agentcontroller.dev/waiting-message": 'Back-off pulling image "agent:1"'}}}})
+    agent = wait_for(lambda: (a := api.agent(ns, "nopull")).get("status", {}).get("phase") == "Failed" and a,
+                     timeout=120, message="Failed")
+    assert agent["status"]["reason"] == "StartTimeout"
+    assert "ImagePullBackOff" in agent["status"]["message"] and "Back-off pulling image" in agent["status"]["message"]
+    wait_for(cleaned(api, ns, "nopull"), timeout=120)
