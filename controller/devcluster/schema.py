@@ -10,7 +10,7 @@ Error texts follow kube-apiserver (``apiextensions-apiserver`` + ``kube-openapi`
     spec.image: Required value
     status.progress: Invalid value: 150: status.progress in body should be less than or equal to 100
     status.phase: Unsupported value: "Bogus": supported values: "Pending", "Running", ...
-    status: Invalid value: "object": status.phase is terminal ...
+    spec: Invalid value: spec.terminate cannot be set back to false once it is true
 
 CEL rules (``x-kubernetes-validations``) are evaluated with the ``cel`` package
 (common-expression-language, a Rust CEL interpreter), compiled once per distinct expression.
@@ -99,7 +99,7 @@ def _go_value(v: Any) -> str:
     """The bad value as kube's field.Error.ErrorBody prints it (1.37: objects and lists as JSON,
     e.g. ``Duplicate value: {"name":"x"}``)."""
     if v is None:
-        return '"null"'
+        return "null"
     if isinstance(v, str):
         return _go_quote(v)
     if isinstance(v, (bool, int, float)):
@@ -107,11 +107,14 @@ def _go_value(v: Any) -> str:
     return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+_OMIT = object()  # field.OmitValueType: the body shows no value (a failed CEL rule on an object or a list)
+
+
 def _err(etype: str, path: str, value: Any, detail: str) -> FieldError:
     """Build a FieldError with kube's ``<field>: <body>`` text."""
     field = path or _NIL
     body = _TYPE_TEXT[etype]
-    if etype not in _NO_VALUE:
+    if etype not in _NO_VALUE and value is not _OMIT:
         body = f"{body}: {_go_value(value)}"
     if detail:
         body = f"{body}: {detail}"
@@ -411,6 +414,9 @@ class _Rule:
         """Run the rule on ``val`` (``old`` bound as oldSelf when ``has_old``); append failures."""
         if self.transition and not has_old and not self.optional_old:
             return
+        # A rule that evaluates to false shows the value itself, or none for an object or a list
+        # (apiextensions-apiserver cel/validation.go); evaluation errors show the type name.
+        bad_value = _OMIT if node.type in ("object", "array") else val
         keys = self.plan_self
         if keys is not None and type(val) is dict:
             val = {k: val[k] for k in keys if k in val}
@@ -486,9 +492,9 @@ class _Rule:
         elif self.reason == REQUIRED:
             errs.append(_err(REQUIRED, fpath, "", detail))
         elif self.reason == DUPLICATE:
-            errs.append(_err(DUPLICATE, fpath, type_name, ""))
+            errs.append(_err(DUPLICATE, fpath, bad_value, ""))
         else:
-            errs.append(_err(INVALID, fpath, type_name, detail))
+            errs.append(_err(INVALID, fpath, bad_value, detail))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -992,10 +998,11 @@ def _cel_walk(node: _Node, val: Any, old: Any, has_old: bool, path: str, errs: l
             for k, v in val.items():
                 if props is not None and k in props:
                     continue
+                # a map value's rules report the path with the key as field.Path.Key does: spec.counts[y]
                 if old_d is not None and k in old_d:
-                    _cel_walk(add, v, old_d[k], True, _child_path(path, k), errs)
+                    _cel_walk(add, v, old_d[k], True, f"{path}[{k}]", errs)
                 else:
-                    _cel_walk(add, v, None, False, _child_path(path, k), errs)
+                    _cel_walk(add, v, None, False, f"{path}[{k}]", errs)
     elif isinstance(val, list):
         items = node.items
         if items is None or not (items.rules or items.cel_below):

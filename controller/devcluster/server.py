@@ -1173,20 +1173,35 @@ class ApiServer:
 
     def _list(self, request: web.Request, info: ReqInfo) -> web.StreamResponse:
         rt = info.rt
+        q = request.query
         labels, fields = self._selectors(request, rt)
-        entries = self.store.list_entries(rt, info.namespace or None, labels, fields)
-        rv = str(self.store.rv)
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            raise bad_request(f'strconv.ParseInt: parsing "{q["limit"]}": invalid syntax') from None
+        token = q.get("continue") or None
+        if token and q.get("resourceVersion"):
+            raise bad_request("specifying resource version is not allowed when using continue")
+        entries, list_rv, cont, remaining = self.store.list_page(rt, info.namespace or None, labels, fields, limit, token)
+        rv = str(list_rv)
+        meta: dict[str, Any] = {"resourceVersion": rv}
+        if cont:
+            meta["continue"] = cont
+        if remaining is not None:
+            meta["remainingItemCount"] = remaining
         accept = request.headers.get("Accept", "")
         if "as=" in accept:
             if _wants(accept, "Table"):
                 objs = [rt.to_view(e.obj) for e in entries]
-                return _json(tables.table(rt, objs, rv, request.query.get("includeObject", "Metadata")))
+                tbl = tables.table(rt, objs, rv, q.get("includeObject", "Metadata"))
+                tbl["metadata"] = meta
+                return _json(tbl)
             if _wants(accept, "PartialObjectMetadataList"):
                 items = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": e.obj["metadata"]} for e in entries]
-                return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv}, "items": items})
+                return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items})
         head = (
             b'{"kind":"' + rt.list_kind.encode() + b'","apiVersion":"' + rt.api_version.encode()
-            + b'","metadata":{"resourceVersion":"' + rv.encode() + b'"},"items":['
+            + b'","metadata":' + dumps(meta) + b',"items":['
         )
         return _json(head + b",".join(e.raw_for(rt) for e in entries) + b"]}")
 

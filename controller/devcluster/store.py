@@ -176,6 +176,15 @@ def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
     )
 
 
+def precondition_conflict(rt: ResourceType, name: str, why: str) -> ApiError:
+    """409 Conflict of a DELETE whose preconditions do not hold. kube-apiserver's rest.BeforeDelete
+    names the Kind here, not the resource: ``Operation cannot be fulfilled on ConfigMap "x": ...``
+    (``Agent.agentcontroller.dev`` for a custom resource), and so do the details."""
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    details: dict[str, Any] = {"name": name, **({"group": rt.group} if rt.group else {}), "kind": rt.kind}
+    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind} "{name}": {why}', details)
+
+
 def bad_request(message: str) -> ApiError:
     """400 BadRequest."""
     return ApiError(400, "BadRequest", message)
@@ -1020,6 +1029,48 @@ def _qos(spec: dict[str, Any]) -> str:
 
 Listener = Callable[[Bucket, WatchEvent], None]
 
+LIST_SNAPSHOTS = 64  # continue tokens whose list (references to its immutable entries) is kept
+
+
+def _list_key(e: Entry, ns: str | None) -> str:
+    """An entry's key below the listed prefix, as in a continue token ("/name", "/ns/name")."""
+    return f"/{e.name}" if ns is not None or not e.ns else f"/{e.ns}/{e.name}"
+
+
+def _start_after(start: str, ns: str | None) -> tuple[str, str]:
+    """The (namespace, name) a continue token's start key ("/name\\x00", "/ns/name\\x00") follows, in
+    the order lists are served."""
+    key = start.rstrip("\x00").lstrip("/")
+    if ns is not None:
+        return ns, key
+    first, sep, rest = key.partition("/")
+    return (first, rest) if sep else ("", first)
+
+
+def _encode_continue(rv: int, start: str) -> str:
+    """kube-apiserver's continue token: unpadded base64url of {"v","rv","start"}."""
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
+
+
+def _decode_continue(token: str) -> tuple[int, str]:
+    """(resourceVersion, start key) of a continue token; 400 as kube-apiserver words it."""
+    def invalid(why: str) -> ApiError:
+        return bad_request(f"invalid continue token: continue key is not valid{why}")
+
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError as e:          # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise invalid(f": {e}") from None
+    if not isinstance(data, dict) or data.get("v") != "meta.k8s.io/v1":
+        raise invalid(": server does not recognize this encoded version")
+    rv, start = data.get("rv"), data.get("start")
+    if not isinstance(rv, int) or isinstance(rv, bool) or rv <= 0:
+        raise invalid(": incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    if not isinstance(start, str) or not start:
+        raise invalid(": encoded start key empty (version meta.k8s.io/v1)")
+    return rv, start
+
 
 class Store:
     """All objects, the registry of resource types, and the API semantics on top of them."""
@@ -1053,6 +1104,8 @@ class Store:
         self.registry_version = 0
         self.gen_name_rng = random.Random()
         self.root_ca_pem: str | None = None   # kube-root-ca.crt's ca.crt (DevCluster: its https listener's CA)
+        # (continue token, (resource, namespace, selectors)) -> (the list's entries, where its next page starts)
+        self.list_snapshots: dict[tuple[str, tuple[Any, ...]], tuple[list[Entry], int]] = {}
         for rt in builtin_types():
             self.register(rt)
 
@@ -1070,7 +1123,11 @@ class Store:
             storage = rt
             if rt.convert_out is not None:  # a converted view: the bucket is the storage type's
                 storage = self.types.get((key[0], rt.storage_version or "", key[1]), rt)
-            self.buckets[key] = Bucket(key, storage, self.history)
+            b = self.buckets[key] = Bucket(key, storage, self.history)
+            # Like kube-apiserver's watch cache, which begins at the resourceVersion it is created
+            # at: a watch of a resource served from now on (a new CRD's) from an older
+            # resourceVersion is 410 Expired.
+            b.compacted_rv = self.rv
         elif rt.api_version == rt.stored_api_version and rt.convert_out is None:
             b.rt = rt
         self.registry_version += 1
@@ -1210,6 +1267,47 @@ class Store:
                 continue
             out.append(e)
         return out
+
+    def list_page(
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        labels: LabelSelector | None,
+        fields: FieldSelector | None,
+        limit: int,
+        continue_token: str | None,
+    ) -> tuple[list[Entry], int, str | None, int | None]:
+        """A list, chunked like kube-apiserver's (``limit``/``continue``): (entries, the list's
+        resourceVersion, ``metadata.continue``, ``metadata.remainingItemCount``).
+
+        The first page fixes the list's resourceVersion; the next pages are of the same snapshot (the
+        list's entries are kept for its tokens, at most LIST_SNAPSHOTS of them) and carry that
+        resourceVersion. A token whose snapshot is no longer kept continues after its key in the
+        current state. remainingItemCount is given only without selectors, as the real server does."""
+        if not rt.namespaced:
+            ns = None
+        scope = (rt.bucket_key, ns, labels.text if labels else "", fields.text if fields else "")
+        if continue_token:
+            rv, start = _decode_continue(continue_token)
+            kept = self.list_snapshots.get((continue_token, scope))
+            if kept is not None:
+                entries, at = kept
+            else:
+                after = _start_after(start, ns)
+                entries = [e for e in self.list_entries(rt, ns, labels, fields) if (e.ns, e.name) > after]
+                at = 0
+        else:
+            rv, entries, at = self.rv, self.list_entries(rt, ns, labels, fields), 0
+        end = at + limit
+        if limit <= 0 or len(entries) <= end:
+            return entries[at:] if at else entries, rv, None, None
+        page = entries[at:end]
+        token = _encode_continue(rv, _list_key(page[-1], ns) + "\x00")
+        self.list_snapshots[(token, scope)] = (entries, end)     # the pages of one list share its snapshot
+        while len(self.list_snapshots) > LIST_SNAPSHOTS:
+            self.list_snapshots.pop(next(iter(self.list_snapshots)))
+        remaining = len(entries) - end if labels is None and fields is None else None
+        return page, rv, token, remaining
 
     def list_objects(self, kind: str) -> list[dict[str, Any]]:
         """Current objects of an RBAC kind (for the Authorizer). Do not mutate them."""
@@ -1699,15 +1797,14 @@ class Store:
         md = obj["metadata"]
         pre = opts.get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != md.get("uid"):
-            raise conflict(
-                rt, name, f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {md.get('uid')}"
+            raise precondition_conflict(
+                rt, name, f"the UID in the precondition ({pre['uid']}) does not match the UID in record "
+                f"({md.get('uid')}). The object might have been deleted and then recreated"
             )
         if pre.get("resourceVersion") and pre["resourceVersion"] != md.get("resourceVersion"):
-            raise conflict(
-                rt,
-                name,
-                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
-                f"ResourceVersion in object meta: {md.get('resourceVersion')}",
+            raise precondition_conflict(
+                rt, name, f"the ResourceVersion in the precondition ({pre['resourceVersion']}) does not match the "
+                f"ResourceVersion in record ({md.get('resourceVersion')}). The object might have been modified"
             )
         policy = opts.get("propagationPolicy")
         if policy is None and opts.get("orphanDependents") is not None:
@@ -1872,7 +1969,7 @@ class Store:
                             "apiVersion": "v1",
                             "metadata": {},
                             "status": "Failure",
-                            "message": f"too old resource version: {rv} ({b.compacted_rv + 1})",
+                            "message": f"too old resource version: {rv} ({b.compacted_rv})",
                             "reason": "Expired",
                             "code": 410,
                         },

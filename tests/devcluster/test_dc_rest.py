@@ -224,7 +224,12 @@ def test_delete_preconditions(k8s: Any, ns: str) -> None:
         with pytest.raises(ApiException) as ei:
             v1.delete_namespaced_config_map("u", ns, body=client.V1DeleteOptions(preconditions=client.V1Preconditions(**{
                 "uid" if "uid" in pre else "resource_version": list(pre.values())[0]})))
-        assert ei.value.status == 409 and "Precondition failed" in body(ei.value)["message"]
+        # kube-apiserver's rest.BeforeDelete wording: on the Kind, "the UID in the precondition (…) does not match"
+        field = "UID" if "uid" in pre else "ResourceVersion"
+        assert ei.value.status == 409
+        assert body(ei.value)["message"].startswith(
+            f'Operation cannot be fulfilled on ConfigMap "u": the {field} in the precondition ({list(pre.values())[0]}) '
+            f"does not match the {field} in record ("), body(ei.value)["message"]
     v1.delete_namespaced_config_map(
         "u", ns, body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=cm.metadata.uid))
     )
