@@ -105,3 +105,59 @@ def test_15_throttling_is_waited_out_with_retry_after(api, ns, cluster, controll
     assert sum(sample(text, "agent_controller_cleanups_total", trigger=t, result="failure")
                for t in capi.TRIGGERS) == 0
     assert json.dumps(agent["status"]["cleanup"]["verifiedNoLeaks"]) == "true"
+
+
+def test_13_tls_server_name_and_proxy_url_are_honoured(tmp_path, cluster):
+    """kubeconfig `tls-server-name`: the server's certificate is checked for that name, not the URL's
+    host (a wrong one fails, the certificate's own name works); `proxy-url`: requests go through it."""
+    import asyncio
+
+    from controller.kube.client import ApiError, ClientConfig, KubeClient
+
+    path = Path(cluster.kubeconfig_path(str(tmp_path / "kubeconfig")))
+
+    def load(**cluster_fields: str) -> ClientConfig:
+        config = yaml.safe_load(path.read_text())
+        config["clusters"][0]["cluster"].update(cluster_fields)
+        target = tmp_path / "edited"
+        target.write_text(yaml.safe_dump(config))
+        return ClientConfig.load(str(target))
+
+    async def version(config: ClientConfig) -> dict:
+        client = KubeClient(config, retries=0)
+        try:
+            return await client.request("GET", "/version")
+        finally:
+            await client.close()
+
+    wrong = load(**{"tls-server-name": "not-the-server.invalid"})
+    assert wrong.tls_server_name == "not-the-server.invalid"
+    try:
+        asyncio.run(version(wrong))
+    except ApiError as exc:
+        assert "not-the-server.invalid" in str(exc) or "certificate" in str(exc).lower(), exc
+    else:
+        raise AssertionError("a certificate checked for the wrong name was accepted")
+    assert asyncio.run(version(load(**{"tls-server-name": "localhost"})))      # its own name
+
+    seen: list[str] = []
+
+    async def through_proxy() -> dict:
+        async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append((await reader.readline()).decode().split(" ")[0])
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await version(load(**{"proxy-url": f"http://127.0.0.1:{port}"}))
+        finally:
+            server.close()
+
+    try:
+        asyncio.run(through_proxy())
+    except ApiError:
+        pass                          # the proxy refused the tunnel: what matters is that it was asked
+    assert seen == ["CONNECT"]

@@ -1,6 +1,7 @@
 """Fixtures of the security tests. The API server is a fixture (`backend`):
 
 - by default, the in-process emulator (controller/devcluster), started for this package;
+- with `--backend control-plane` (scripts/test does so), the project's real control plane;
 - with AGENT_CONTROLLER_TEST_APISERVER=https://HOST:PORT and AGENT_CONTROLLER_TEST_TOKEN=<a
   system:masters token>, any real kube-apiserver (>= 1.30, RBAC authorization, TokenRequest
   enabled: --service-account-signing-key-file). TLS is not verified (test servers).
@@ -42,11 +43,17 @@ class Backend:
 
 
 @pytest.fixture(scope="session")
-def backend() -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, backend_name: str) -> Iterator[Backend]:
     url = os.environ.get("AGENT_CONTROLLER_TEST_APISERVER")
     if url:
         token = os.environ["AGENT_CONTROLLER_TEST_TOKEN"]
         yield Backend("external", Client(url, token, insecure_context()))
+        return
+    if backend_name == "control-plane":
+        # `--backend control-plane`: the project's own real control plane (tests/backends.py).
+        cp = request.getfixturevalue("control_plane")
+        os.environ.setdefault("AGENT_CONTROLLER_TEST_OWNERREF_ENFORCEMENT", "1")   # it runs the plugin
+        yield Backend("external", Client(cp.url, cp.admin_token, insecure_context()))
         return
     from controller.devcluster import DevCluster
 
