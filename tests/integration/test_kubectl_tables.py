@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import script, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,3 +261,30 @@ def test_crd_cells_of_every_type_match_the_real_api_server(cluster, backend_name
     assert emulated["columnDefinitions"] == served["columnDefinitions"]
     e_cells, r_cells = emulated["rows"][0]["cells"], served["rows"][0]["cells"]
     assert e_cells == r_cells, json.dumps(list(zip([d["name"] for d in served["columnDefinitions"]], e_cells, r_cells)))
+
+
+def test_2_a_large_prompt_through_kubectl_create_and_server_side_apply(api, ns, cluster, backend_name, tmp_path):
+    """A 400 KiB prompt (the CRD allows 512 KiB): client-side `kubectl apply` is refused by the API
+    server — it copies the object into the last-applied annotation (256 KiB limit), as the README
+    says —, while `kubectl create` and `kubectl apply --server-side` work."""
+    if backend_name != "control-plane":
+        pytest.skip("the annotation size limit is the real API server's (the control-plane backend)")
+    kubeconfig = cluster.kubeconfig_path(str(tmp_path / "kubeconfig"), namespace=ns)
+    prompt = "p" * (400 * 1024)
+
+    def manifest(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent",
+                                        "metadata": {"name": name}, "spec": {"image": "agent:1", "prompt": prompt}}))
+        return path
+
+    binary = kubectl_binary()
+    if binary is None:
+        pytest.skip("kubectl not found")
+    client_side = subprocess.run([binary, "--kubeconfig", kubeconfig, "apply", "-f", str(manifest("client"))],
+                                 capture_output=True, text=True, timeout=60)
+    assert client_side.returncode != 0 and "Too long" in client_side.stderr, client_side.stderr
+    kubectl(kubeconfig, "create", "-f", str(manifest("created")))
+    kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest("server-side")))
+    for name in ("created", "server-side"):
+        assert api.agent(ns, name)["spec"]["prompt"] == prompt
