@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scale controller's --sweep-interval (default 15; --quick: 1)")
     p.add_argument("--phases", default=",".join(PHASES),
                    help=f"comma-separated subset of {','.join(PHASES)} (idle also measures the API cost)")
+    p.add_argument("--backend", choices=("emulator", "control-plane"), default="emulator",
+                   help="emulator (default): the in-process API emulator; control-plane: the project's real "
+                        "kube-apiserver/etcd/controller-manager/scheduler (scripts/install-control-plane.sh) "
+                        "with two simulated nodes, started and stopped by the bench")
     p.add_argument("--kubeconfig", default=None, metavar="FILE",
                    help="run against this cluster (creates and deletes its own namespaces) instead of the emulator")
     p.add_argument("--context", default=None, help="kubeconfig context (with --kubeconfig)")
@@ -75,9 +79,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
-    backend = (ClusterBackend(args.kubeconfig, args.image, args.context) if args.kubeconfig
-               else EmulatorBackend())
     workdir = make_workdir()
+    stop_control_plane = None
+    if args.backend == "control-plane" and not args.kubeconfig:
+        args.kubeconfig, stop_control_plane = start_control_plane(workdir / "controlplane")
+    backend: EmulatorBackend | ClusterBackend = (
+        ClusterBackend(args.kubeconfig, args.image, args.context) if args.kubeconfig else EmulatorBackend())
+    if stop_control_plane is not None:
+        backend.name = "control-plane"      # (a ClusterBackend on our own real control plane)
     env = Env(backend=backend, workdir=workdir, sizes=sizes_from(args),
               profile_dir=Path(args.profile) if args.profile else None)
     result: dict[str, Any] = {
@@ -93,7 +102,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, Any] = {}
     began = time.monotonic()
     await backend.setup(workdir)
-    if backend.name == "cluster":
+    if isinstance(backend, ClusterBackend):
         result["server"] = backend.client.server if backend.client else None
     try:
         if "burst" in phases:
@@ -113,6 +122,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("scale: %s", _brief(result["scale"]))
     finally:
         await backend.teardown()
+        if stop_control_plane is not None:
+            stop_control_plane()
         if args.keep_workdir:
             result["workdir"] = str(workdir)
         else:
@@ -125,6 +136,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("burst", "idle", "api", "scale"):
         result.setdefault(key, None)
     return strip_samples(result) | {"_samples": samples}
+
+
+def start_control_plane(workdir: Path) -> tuple[str, Any]:
+    """The project's real control plane (controller/controlplane) with two simulated nodes:
+    (admin kubeconfig, a callable that stops it all)."""
+    from controller.controlplane import ControlPlane, ensure_binaries
+    from controller.nodesim.sim import start_nodes
+
+    cp = ControlPlane(workdir=workdir, bin_dir=ensure_binaries(), die_with_parent=True).start()
+    try:
+        nodes = start_nodes(cp, 2, heartbeat_seconds=5.0, workdir=str(workdir / "pods"))
+    except BaseException:
+        cp.stop()
+        raise
+
+    def stop() -> None:
+        nodes.stop()
+        cp.stop()
+
+    log.info("control plane: %s, nodes %s", cp.url, ", ".join(nodes.node_names))
+    return str(cp.admin_kubeconfig), stop
 
 
 def _brief(d: dict[str, Any]) -> str:
