@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import NoReturn
 
+# One implementation, in agentctl's package (which is installed alone into agent images, so it
+# cannot import from here): the controller's commands use the same.
+from .agentctl.args import OneLineParser, int_in
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line (exit 2), never a usage dump or a traceback."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def int_in(low: int, high: int, what: str = "number") -> Callable[[str], int]:
-    """An argparse type: an integer within [low, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} out of range: {value} (must be {low}..{high})")
-        return value
-
-    parse.__name__ = what
-    return parse
+__all__ = ["OneLineParser", "int_in", "port", "positive_float"]
 
 
 def positive_float(text: str) -> float:

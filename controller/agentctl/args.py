@@ -1,7 +1,7 @@
 """Argument parsing of ``agentctl``: one-line usage errors, bounded numbers.
 
-The same behaviour as :mod:`controller.cliargs` (``agent-controller``'s), kept here so that
-``controller.agentctl`` needs nothing outside itself (it is installed alone into agent images).
+:mod:`controller.cliargs` (``agent-controller``'s) takes these from here: ``controller.agentctl``
+needs nothing outside itself (it is installed alone into agent images).
 """
 
 from __future__ import annotations
