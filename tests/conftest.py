@@ -119,6 +119,55 @@ def ns(cluster: Any, api: Any, backend_name: str) -> Iterator[str]:
             pass
 
 
+_EMULATOR_ONLY = ("cluster.faults", "cluster.kubelet", "cluster.requests", "cluster.add_user")
+
+
+@pytest.fixture(autouse=True)
+def _emulator_only_skips_at_once(request: pytest.FixtureRequest) -> None:
+    """A test that drives the emulator's own machinery (fault injection, its kubelet, its request log,
+    its users) skips on the control plane before it starts any work, not half-way through it."""
+    if "cluster" not in request.fixturenames or request.config.getoption("--backend") != "control-plane" \
+            and os.environ.get("AGENT_TEST_BACKEND") != "control-plane":
+        return
+    import inspect
+
+    try:
+        source = inspect.getsource(request.function)
+    except (OSError, TypeError):
+        return
+    used = next((name for name in _EMULATOR_ONLY if name in source), None)
+    if used is not None:
+        pytest.skip(f"{used} needs the emulator (--backend emulator)")
+
+
+@pytest.fixture
+def node_of_its_own(backend_name: str, cluster: Any) -> Iterator[Any]:
+    """``node_of_its_own()`` -> podTemplate ``spec`` fields that put the Agent's pod on a node no
+    other test uses, for a test that loses that node: on the control plane a node is lost with every
+    pod on it (docs/nodesim.md), so it gets a tainted simulated node of its own, removed afterwards;
+    on the emulator a node is lost per pod, and nothing is needed."""
+    added: list[str] = []
+
+    def make() -> dict[str, Any]:
+        if backend_name != "control-plane":
+            return {}
+        backend = cluster.backend
+        name = f"lone-{os.getpid() % 1000}-{next(_counter)}"
+        taint = {"key": "sim.agentcontroller.dev/dedicated", "value": name, "effect": "NoSchedule"}
+        backend.sim.add_node(name, str(backend.cp.node_kubeconfig(name)),
+                             labels={"sim.agentcontroller.dev/node": name}, taints=[taint])
+        added.append(name)
+        return {"nodeSelector": {"sim.agentcontroller.dev/node": name},
+                "tolerations": [{"key": taint["key"], "operator": "Equal", "value": name, "effect": "NoSchedule"}]}
+
+    yield make
+    for name in added:
+        try:
+            cluster.backend.sim.remove_node(name)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
 @pytest.fixture
 def archive_dir(tmp_path: Path) -> Path:
     d = tmp_path / "archive"

@@ -207,10 +207,13 @@ def test_a_restarted_controller_resumes_the_capture_without_duplicates(api, ns, 
     assert not capture.parent.exists()
 
 
-def test_an_unreachable_node_is_given_log_timeout_then_torn_down(api, ns, controller, archive_dir):
+def test_an_unreachable_node_is_given_log_timeout_then_torn_down(api, ns, controller, archive_dir,
+                                                                  node_of_its_own):
+    template = simulated([{"log": "before\n"}, {"sleep": 0.5}, {"loseNode": True},
+                          {"report": {"phase": "Working"}}, {"sleep": 3600}])
+    template["spec"] = node_of_its_own()
     api.create_agent(ns, "lost", {"image": "agent:1", "cleanup": {"logTimeoutSeconds": 1, "gracePeriodSeconds": 0},
-                                  "podTemplate": simulated([{"log": "before\n"}, {"sleep": 0.5}, {"loseNode": True},
-                                                            {"report": {"phase": "Working"}}, {"sleep": 3600}])})
+                                  "podTemplate": template})
     wait_for(lambda: api.agent(ns, "lost").get("status", {}).get("phase") == "Working",
              message="the node lost (the agent reports after that)")
     api.patch_agent(ns, "lost", {"spec": {"terminate": True}})
