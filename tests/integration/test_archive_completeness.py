@@ -195,7 +195,9 @@ def test_a_restarted_controller_resumes_the_capture_without_duplicates(api, ns, 
         [{"write": {"bytes": 50_000, "lineBytes": 100}}, {"report": {"phase": "Working"}}, {"sleep": 3600}])})
     agent = wait_for(lambda: (a := api.agent(ns, "resume")).get("status", {}).get("phase") == "Working" and a)
     capture = archive_dir / ns / "resume" / f".{agent['metadata']['uid']}.capture" / "agent.log"
-    wait_for(lambda: capture.is_file() and capture.stat().st_size == 50_000, message="the capture on the volume")
+    # (a failsafe wait, not a timing assertion: the capture begins once the controller saw the pod run)
+    wait_for(lambda: capture.is_file() and capture.stat().st_size > 0, timeout=180,
+             message="the capture on the volume")
     first.stop()
     make_controller()
     api.patch_agent(ns, "resume", {"spec": {"terminate": True}})
