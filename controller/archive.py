@@ -259,11 +259,6 @@ class PendingArchive:
             for handle in self._handles.values():
                 handle.flush()
                 handle.close()
-            for filename in self.salvaged:
-                if filename not in self._handles:
-                    state = self.log_state(filename)
-                    if state is not None:      # what was confirmed written; a torn tail is cut off
-                        os.truncate(self.tmp / filename, int(state["bytes"]))
             for leftover in self.tmp.glob("*" + STATE_SUFFIX + "*"):
                 leftover.unlink()
             names = sorted(set(self._handles) | set(self.salvaged))

@@ -70,7 +70,6 @@ class LogLines:
         self.gap = False                 # a resume did not find the last line read: bytes are missing
         self.held = b""                  # the incomplete last line of the previous stream (see eof)
         self.last_line = b""             # the newest complete line written, as served (with its prefix)
-        self._bytes_at_start = 0
 
     # -- one stream
 
@@ -132,7 +131,6 @@ class LogLines:
 
     def _restart(self) -> None:
         self.first = True
-        self._bytes_at_start = self.bytes
         if self.last_ts is not None:
             self.skip = (self.last_ts, self.same_ts)
 
@@ -144,7 +142,7 @@ class LogLines:
     @classmethod
     def restore(cls, state: dict[str, Any]) -> LogLines:
         lines = cls()
-        lines.bytes = lines._bytes_at_start = int(state.get("bytes") or 0)
+        lines.bytes = int(state.get("bytes") or 0)
         lines.last_ts = state.get("lastTs")
         lines.same_ts = int(state.get("sameTs") or 0)
         lines.mid_line = bool(state.get("midLine"))

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-import aiohttp
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
+
+from . import api
 from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
 from .kube.client import ApiError, LogStream
-from .logformat import KUBELET_TEXT, LogLines
 from .kube.resources import PODS
+from .logformat import KUBELET_TEXT, LogLines
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 POD_FINISHED = ("Succeeded", "Failed")
 STREAM_DRAIN_SECONDS = 10.0      # after the pod is gone, how long its log streams may take to end
 MAX_RESUMES = 20                 # broken streams resumed per log before it is recorded incomplete
-DEFAULT_LOG_TIMEOUT = 300.0      # cleanup.logTimeoutSeconds' default (api.DEFAULTS)
+DEFAULT_LOG_TIMEOUT = float(api.DEFAULTS["cleanup.logTimeoutSeconds"])
 CAPTURE_RETRY_SECONDS = 2.0      # a running pod whose logs could not be opened yet: try again this soon
+STATE_EVERY_SECONDS = 1.0        # how often a log's resume state (.state) is saved while it streams
 
 ExtraFiles = Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]
 
@@ -237,18 +239,17 @@ class Capture:
                  previous: bool, deadline: float):
         meta = pod["metadata"]
         self.rt, self.pending, self.container, self.previous, self.deadline = rt, pending, container, previous, deadline
-        self.namespace, self.pod_name, self.pod = meta["namespace"], meta["name"], pod
-        self.pod_uid = meta.get("uid")
-        self._current: LogStream | None = None
+        self.namespace, self.pod_name, self.pod_uid = meta["namespace"], meta["name"], meta.get("uid")
         self.filename = log_filename(container, previous)
         self.lines = LogLines()
-        self.stream: LogStream | None = None
+        self.stream: LogStream | None = None     # the stream being read (set by _connect)
         self.handle: IO[bytes] | None = None
         self.missing: str | None = None
         self.missing_bytes: int | None = None
         self.detail = ""
         self.unreachable = False      # the node did not answer at some point
         self.resumes = 0
+        self._state_saved_at = float("-inf")
 
     @property
     def complete(self) -> bool:
@@ -311,15 +312,14 @@ class Capture:
 
     async def run(self) -> None:
         """Stream -> file until the container's log ends. A stream that breaks is resumed; one that
-        ends is confirmed by one more (resumed) request, since a kubelet connection cut short ends the
-        API's answer as if complete: the log is complete when a resumed stream brings nothing new."""
+        ends is not trusted (a kubelet connection cut short ends the API's answer as if complete): the
+        log has ended when its last line, as the node serves it now, is the last one read (_ended)."""
         try:
             while self.stream is not None:
-                stream, self.stream = self.stream, None
-                self._current = stream
                 try:
-                    await self._pump(stream)
+                    await self._pump(self.stream)
                 except _STREAM_ERRORS as exc:
+                    self.stream = None
                     exact = self.lines.broken()
                     self.detail = f"{type(exc).__name__}: {exc}"
                     if not exact:
@@ -328,6 +328,7 @@ class Capture:
                         self._lose(self._cut_off(), self.detail)
                         return
                     continue
+                self.stream = None
                 if self.lines.kubelet_text is not None:
                     break
                 if self.lines.mid_line:
@@ -365,10 +366,8 @@ class Capture:
         """Before the pod is stopped: does the node serve a newer last line than the stream brought?
         Then the stream is reconnected (resumed where it was): a follow stream that stopped at a
         rotation goes on, and what the rotation took away is noticed while the pod still exists."""
-        if self._current is None:
-            return
-        if await self._ended() is False and self._current is not None:
-            self._current.close()
+        if self.stream is not None and await self._ended() is False and self.stream is not None:
+            self.stream.close()        # run() resumes it
 
     async def _ended(self) -> bool | None:
         """Is what was read the whole log? Its last line, as the node serves it now, says (one small
@@ -409,7 +408,7 @@ class Capture:
                     if writing is not None:
                         writing.result()          # a failed write fails the capture
                     data, waiting = bytes(waiting), bytearray()
-                    writing = asyncio.ensure_future(self._write(data, self.lines.snapshot()))
+                    writing = asyncio.ensure_future(self._write(data, self._state_due()))
         finally:
             if writing is not None:
                 await writing
@@ -418,6 +417,16 @@ class Capture:
             if self.lines.gap:
                 self._lose("rotated", "the node no longer had the log's earlier lines when the stream "
                                       "was resumed (log rotation)")
+
+    def _state_due(self) -> dict[str, Any] | None:
+        """The resume state to save with the next write, at most every STATE_EVERY_SECONDS: an older
+        state is as good (a later run cuts the file back to it and reads the rest again), and saving
+        one with every chunk costs a file write and a rename per chunk."""
+        now = asyncio.get_running_loop().time()
+        if now - self._state_saved_at < STATE_EVERY_SECONDS:
+            return None
+        self._state_saved_at = now
+        return self.lines.snapshot()
 
     async def _write(self, data: bytes, state: dict[str, Any] | None = None) -> None:
         """`data`, then the state after it (what a later run resumes from), from a thread."""
