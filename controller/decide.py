@@ -8,6 +8,7 @@ Everything else gathers these inputs (`sync.observe`) or carries the result out 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class Decision:
     delete_agent: bool = False
     requeue_after: float | None = None     # look again then (the earliest clock-driven trigger)
     backoff: bool = False                  # a retried attempt: if it fails again, back off longer
+    capture_logs: bool = False             # read the pod's logs now, while it runs (wants_capture)
 
 
 def _age(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:
@@ -157,7 +159,12 @@ def _earliest(*delays: float | None) -> float | None:
 
 
 def decide(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> Decision:
-    """Next step for one Agent."""
+    """Next step for one Agent (and whether its logs are to be read while it runs)."""
+    decision = _next_step(agent, seen, now)
+    return dataclasses.replace(decision, capture_logs=True) if wants_capture(agent, seen) else decision
+
+
+def _next_step(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime) -> Decision:
     meta = agent.get("metadata") or {}
     status = agent.get("status") or {}
     spec = api.AgentSpec.from_dict(agent.get("spec") or {})

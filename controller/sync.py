@@ -11,7 +11,8 @@ continues: every action is idempotent and every destructive call carries a UID p
       observed = observe(agent)          the pod (watch cache, re-checked by a GET before a PodLost),
                                          a refused creation, leftovers the sweep found
       decision = decide(agent, observed, now)                   (decide.py: pure)
-      act(decision): create the children | record the status | clean up (cleanup.py) | delete (TTL)
+      act(decision): read the logs of the running pod (logs.py) | create the children | record the
+                     status | clean up (cleanup.py) | delete (TTL)
       -> requeue after decision.requeue_after, at once after a status change the next step depends on
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import api
 from .cleanup import CleanupFailed, clean_up, patch_status
-from .decide import CreateRefusal, Decision, Observed, PodState, StatusChange, decide, wants_capture
+from .decide import CreateRefusal, Decision, Observed, PodState, StatusChange, decide
 from .events import NORMAL, WARNING
 from .kinds import CREATE_STAGES, POD
 from .kube.client import ApiError
@@ -64,10 +65,6 @@ async def sync(rt: Runtime, key: AgentKey, hint: Mapping[str, Any] | None) -> fl
             decision = decide(agent, seen, rt.clock())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("sync %s/%s: pod=%s decision=%s", key[0], key[1], seen.pod, decision)
-        if wants_capture(agent, seen) and agent["metadata"]["uid"] not in rt.captures:
-            cached = rt.pods.named(key[0], pod_name(key[1]))
-            if cached is not None and cached.owner_uid == label_value(agent["metadata"]["uid"]):
-                start_capture(rt, agent, cached.body())
         return await act(rt, key, agent, decision)
     except (Retry, asyncio.CancelledError):
         raise
@@ -110,6 +107,10 @@ async def act(rt: Runtime, key: AgentKey, agent: dict[str, Any], decision: Decis
     uid = meta["uid"]
     change = decision.status
     backoff = decision.backoff
+    if decision.capture_logs and uid not in rt.captures:
+        cached = rt.pods.named(meta["namespace"], pod_name(meta["name"]))
+        if cached is not None and cached.owner_uid == label_value(uid):
+            start_capture(rt, agent, cached.body())
     if decision.create_children:
         refused = await create_children(rt, agent)
         if refused is None:
