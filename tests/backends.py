@@ -126,18 +126,16 @@ class ControlPlaneBackend(Backend):
 
 class _EmulatorOnly:
     """What only the emulator has (fault injection, its kubelet's internals, request counts): a test
-    that needs it skips on the control plane, saying why."""
+    using it on the control plane lacks its `@pytest.mark.emulator_only` — said, not skipped."""
 
     def __init__(self, what: str):
         self._what = what
 
     def __getattr__(self, name: str) -> Any:
-        if name == "clear":
-            return lambda *a, **k: None
-        pytest.skip(f"{self._what} needs the emulator (--backend emulator)")
+        raise AssertionError(f"{self._what} needs the emulator: mark the test @pytest.mark.emulator_only")
 
     def __getitem__(self, key: Any) -> Any:
-        pytest.skip(f"{self._what} needs the emulator (--backend emulator)")
+        raise AssertionError(f"{self._what} needs the emulator: mark the test @pytest.mark.emulator_only")
 
 
 class ControlPlaneCluster:
@@ -178,7 +176,8 @@ class ControlPlaneCluster:
         return token
 
     def __getattr__(self, name: str) -> Any:
-        pytest.skip(f"cluster.{name} needs the emulator (--backend emulator)")
+        raise AttributeError(f"cluster.{name}: the emulator's (mark the test @pytest.mark.emulator_only), "
+                             f"or a typo")
 
 
 def _helm() -> str:

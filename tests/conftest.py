@@ -32,6 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     from backends import backend_choice
 
+    config.addinivalue_line("markers", "emulator_only(what): needs the emulator's own machinery; skips on "
+                                       "the control plane")
     backend_choice(config.getoption("--backend"))      # an unknown AGENT_TEST_BACKEND: a usage error
 
 
@@ -109,8 +111,9 @@ def ns(cluster: Any, api: Any, backend_name: str) -> Iterator[str]:
     name = f"t{os.getpid() % 1000}-{next(_counter)}"
     api.create_namespace(name, dict(RESTRICTED) if backend_name == "control-plane" else None)
     yield name
-    cluster.faults.clear()
-    if backend_name == "control-plane":
+    if backend_name == "emulator":
+        cluster.faults.clear()
+    else:
         # The simulated nodes' room is finite: what a test left running goes with its namespace
         # (Agents held by the finalizer of a controller that is gone stay; their pods do not).
         try:
@@ -119,25 +122,14 @@ def ns(cluster: Any, api: Any, backend_name: str) -> Iterator[str]:
             pass
 
 
-_EMULATOR_ONLY = ("cluster.faults", "cluster.kubelet", "cluster.requests", "cluster.add_user")
-
-
 @pytest.fixture(autouse=True)
-def _emulator_only_skips_at_once(request: pytest.FixtureRequest) -> None:
-    """A test that drives the emulator's own machinery (fault injection, its kubelet, its request log,
-    its users) skips on the control plane before it starts any work, not half-way through it."""
-    if "cluster" not in request.fixturenames or request.config.getoption("--backend") != "control-plane" \
-            and os.environ.get("AGENT_TEST_BACKEND") != "control-plane":
-        return
-    import inspect
-
-    try:
-        source = inspect.getsource(request.function)
-    except (OSError, TypeError):
-        return
-    used = next((name for name in _EMULATOR_ONLY if name in source), None)
-    if used is not None:
-        pytest.skip(f"{used} needs the emulator (--backend emulator)")
+def _emulator_only(request: pytest.FixtureRequest, backend_name: str) -> None:
+    """`@pytest.mark.emulator_only("faults")`: the test drives the emulator's own machinery (fault
+    injection, its kubelet, its request log, its users): on the control plane it skips before it
+    starts any work."""
+    marker = request.node.get_closest_marker("emulator_only")
+    if marker is not None and backend_name != "emulator":
+        pytest.skip(f"needs the emulator's {marker.args[0] if marker.args else 'machinery'} (--backend emulator)")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import script, wait_for
 from test_lifecycle import cleaned
@@ -41,6 +42,7 @@ def exec_kubeconfig(tmp_path: Path, server: str, token_file: Path, expires_in: i
     return path
 
 
+@pytest.mark.emulator_only("add_user")
 def test_13_revoked_exec_plugin_credentials_are_loaded_again(tmp_path, api, ns, cluster, archive_dir):
     from controller.kube.client import ClientConfig
     from controller.operator import BackgroundController, Options
@@ -69,6 +71,7 @@ def test_13_revoked_exec_plugin_credentials_are_loaded_again(tmp_path, api, ns, 
         ctl.stop()
 
 
+@pytest.mark.emulator_only("add_user")
 def test_13_credentials_about_to_expire_are_refreshed_before(tmp_path, cluster):
     import asyncio
 
@@ -90,6 +93,7 @@ def test_13_credentials_about_to_expire_are_refreshed_before(tmp_path, cluster):
     assert config.refreshed == 1                              # loaded again before the request
 
 
+@pytest.mark.emulator_only("faults")
 def test_15_throttling_is_waited_out_with_retry_after(api, ns, cluster, controller):
     """API Priority and Fairness answers 429 with Retry-After: the client waits as told and retries,
     and the cleanup succeeds at its first attempt (it used to give up after ~1.4 s)."""

@@ -170,7 +170,7 @@ def test_a_paused_leader_stops_before_the_new_one_takes_over(tmp_path, cluster, 
     assert_manifest(directory)
     archived = (directory / "agent.log").read_bytes()
     if backend_name == "emulator":      # what the container wrote, as its node recorded it
-        assert archived == getattr(cluster, "kubelet").served_log(ns, "paused", "agent")
+        assert archived == cluster.kubelet.served_log(ns, "paused", "agent")
     # (the script: "before the end", then on SIGTERM "terminating", 2 s, "still flushing")
     assert archived.startswith(b"before the end\nterminating\n")
     assert b"before the end\nterminating\nstill flushing\n".startswith(archived)

@@ -62,6 +62,7 @@ def test_children_labels_owner_refs_and_running(api, ns, controller, cluster):
     assert cm["data"]["prompt.txt"] == "Summarise the repo."
 
 
+@pytest.mark.emulator_only("kubelet")
 def test_reported_completed_while_running_archives_grace_lines_and_cleans_everything(
         api, ns, controller, cluster, archive_dir):
     prompt = "Find the bug.\n"
@@ -150,6 +151,7 @@ def test_pod_deleted_behind_our_back_is_pod_lost(api, ns, controller, cluster):
     assert leftovers(api, ns, SEL + created["metadata"]["uid"]) == {}
 
 
+@pytest.mark.emulator_only("kubelet")
 def test_evicted_pod_is_pod_lost(api, ns, controller, cluster):
     created = api.create_agent(ns, "ev", {"image": "agent:1", "env": script([{"log": "hi\n"}, {"sleep": 3600}])})
     wait_for(lambda: api.agent(ns, "ev").get("status", {}).get("phase") == "Running")
@@ -218,6 +220,7 @@ def test_twenty_agents_completing_at_once(api, ns, controller, cluster, archive_
     assert leftovers(api, ns, "app.kubernetes.io/managed-by=agent-controller") == {}
 
 
+@pytest.mark.emulator_only("kubelet, requests")
 def test_pod_on_a_lost_node_is_force_deleted_after_grace_plus_30s(api, ns, controller, cluster, archive_dir):
     # The test controller uses force_delete_after=2 s instead of 30 s (Options.force_delete_after).
     created = api.create_agent(ns, "stuck", {"image": "agent:1", "cleanup": {"gracePeriodSeconds": 1},
