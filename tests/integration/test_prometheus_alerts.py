@@ -224,7 +224,7 @@ def test_a_leak_fires_leaked_resources_and_nothing_else(api, ns, make_controller
     # An orphan pod (its Agent never existed) that the sweep cannot remove: a foreign finalizer.
     labels = {"app.kubernetes.io/managed-by": "agent-controller", "agentcontroller.dev/agent": "gone",
               "agentcontroller.dev/agent-uid": "00000000-0000-0000-0000-00000000dead"}
-    api.call("POST", f"/api/v1/namespaces/{ns}/pods", {
+    api.create_pod(ns, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "clingy", "labels": labels, "finalizers": ["example.com/hold"]},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [

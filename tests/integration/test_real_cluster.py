@@ -24,7 +24,7 @@ def phase(api, ns, name):
 def plain_pod(api, ns, name, **meta):
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, **meta},
             "spec": {"containers": [{"name": "c", "image": "x", "env": script([{"sleep": 3600}])}]}}
-    return api.call("POST", f"/api/v1/namespaces/{ns}/pods", body)
+    return api.create_pod(ns, body)
 
 
 @pytest.mark.emulator_only("faults")

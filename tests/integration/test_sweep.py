@@ -60,7 +60,7 @@ def orphan(api, ns, name, kind="pod", logs=b"orphan output\n"):
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
                 "spec": {"terminationGracePeriodSeconds": 1,
                          "containers": [{"name": "agent", "image": "agent:1", "env": env}]}}
-        return api.call("POST", f"/api/v1/namespaces/{ns}/pods", body)
+        return api.create_pod(ns, body)
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
             "data": {"prompt.txt": "x"}}
     return api.call("POST", f"/api/v1/namespaces/{ns}/configmaps", body)
@@ -99,7 +99,7 @@ def test_terminal_agent_leftover_is_reaped(api, ns, cluster, make_controller):
     # Someone re-creates the pod by hand, with our labels.
     labels = {"app.kubernetes.io/managed-by": "agent-controller", "agentcontroller.dev/agent": "t1",
               "agentcontroller.dev/agent-uid": uid}
-    api.call("POST", f"/api/v1/namespaces/{ns}/pods", {
+    api.create_pod(ns, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t1-again", "labels": labels},
         "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "agent", "image": "agent:1"}]}})
     ctl.sweep()

@@ -27,7 +27,7 @@ def held_agent(api: Any, ns: str, name: str, finalizers: list[str]) -> dict[str,
     """An Agent as the controller leaves it: our finalizer, a child pod owned by it."""
     agent = api.create_agent(ns, name, {"image": "agent:1"}, finalizers=finalizers)
     meta = agent["metadata"]
-    api.call("POST", f"/api/v1/namespaces/{ns}/pods", {
+    api.create_pod(ns, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "ownerReferences": [{
             "apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent", "name": name, "uid": meta["uid"],
