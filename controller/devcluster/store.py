@@ -41,11 +41,13 @@ try:  # orjson is several times faster; the stdlib is the fallback
     import orjson as _orjson
 
     def dumps(obj: Any) -> bytes:
-        """Compact JSON encoding (bytes). orjson stops at 254 levels of nesting, which the
-        API server accepts (its decoder allows 10000): deeper objects take the stdlib path."""
+        """Compact JSON encoding (bytes). orjson stops at 254 levels of nesting, which the API server
+        accepts: such objects (and only those) take the stdlib path."""
         try:
             return _orjson.dumps(obj)
-        except _orjson.JSONEncodeError:
+        except _orjson.JSONEncodeError as exc:
+            if "Recursion limit" not in str(exc):
+                raise
             return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
     def loads(data: bytes | str) -> Any:
@@ -1282,8 +1284,8 @@ class Store:
 
         The first page fixes the list's resourceVersion; the next pages are of the same snapshot (the
         list's entries are kept for its tokens, at most LIST_SNAPSHOTS of them) and carry that
-        resourceVersion. A token whose snapshot is no longer kept continues after its key in the
-        current state. remainingItemCount is given only without selectors, as the real server does."""
+        resourceVersion. A token whose snapshot is no longer kept is 410 Expired once its resourceVersion
+        is compacted away, and otherwise continues after its key in the current state. remainingItemCount is given only without selectors, as the real server does."""
         if not rt.namespaced:
             ns = None
         scope = (rt.bucket_key, ns, labels.text if labels else "", fields.text if fields else "")
@@ -1293,6 +1295,12 @@ class Store:
             if kept is not None:
                 entries, at = kept
             else:
+                bucket = self.buckets.get(rt.bucket_key)
+                if bucket is not None and rv < bucket.compacted_rv:
+                    # kube-apiserver: the list's resourceVersion was compacted away.
+                    raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                                   "consistent list result. You can start a new list without the continue "
+                                   "parameter.")
                 after = _start_after(start, ns)
                 entries = [e for e in self.list_entries(rt, ns, labels, fields) if (e.ns, e.name) > after]
                 at = 0

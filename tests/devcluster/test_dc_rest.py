@@ -441,3 +441,25 @@ def test_request_counters(dc: Any, k8s: Any, ns: str) -> None:
     client.CoreV1Api(k8s).create_namespaced_config_map(ns, {"metadata": {"name": "cnt"}})
     assert dc.requests[("create", "configmaps")] == before + 1
     assert dc.requests_by_user["admin"][("create", "configmaps")] >= 1
+
+
+def test_a_continue_token_whose_list_was_compacted_away_is_expired(k8s: Any, dc: Any, ns: str) -> None:
+    """As kube-apiserver: once the list's resourceVersion is compacted (and its snapshot gone), the
+    next page is 410 Expired, not the current state under the old resourceVersion."""
+    v1 = client.CoreV1Api(k8s)
+    for i in range(4):
+        v1.create_namespaced_config_map(ns, {"metadata": {"name": f"page-{i}"}})
+    first = v1.list_namespaced_config_map(ns, limit=2)
+    token = first.metadata._continue
+    assert token and len(first.items) == 2
+    v1.create_namespaced_config_map(ns, {"metadata": {"name": "later"}})   # history moves on
+
+    def compact() -> None:
+        dc.store.list_snapshots.clear()
+        for bucket in dc.store.buckets.values():
+            bucket.compacted_rv = dc.store.rv
+
+    dc.run(compact)
+    with pytest.raises(ApiException) as exc:
+        v1.list_namespaced_config_map(ns, limit=2, _continue=token)
+    assert exc.value.status == 410 and body(exc.value)["reason"] == "Expired"
