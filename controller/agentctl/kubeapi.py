@@ -411,6 +411,3 @@ class Client:
             return json.loads(raw)
         except ValueError:
             raise ResponseError(f"{self.config.server}: the answer to {method} {path} is not JSON") from None
-
-    def close(self) -> None:
-        """Nothing is kept open between requests; here for symmetry with other clients."""

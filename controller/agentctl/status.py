@@ -16,7 +16,6 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from controller.agentctl import GROUP, PLURAL, VERSION, kubeapi
@@ -33,7 +32,6 @@ MAX_REASON = 128
 MAX_MESSAGE = 32768
 CONFLICT_RETRIES = 5
 REQUEST_TIMEOUT = 5.0
-SA_NAMESPACE_FILE = SA_DIR + "/namespace"
 MAX_RETRY_DELAY = 1.0
 """Longest pause between two attempts, unless the API asks for more (``Retry-After``)."""
 
@@ -52,7 +50,6 @@ __all__ = [
     "in_cluster",
     "kill",
     "report",
-    "report_output",
     "sa_dir",
     "validate_report",
 ]
@@ -87,11 +84,6 @@ class KillResult:
     """True when ``spec.terminate: true`` was written; False when the agent had already ended."""
     phase: str | None
     """The terminal phase the agent had already reached (when not requested)."""
-
-
-def utc_now() -> str:
-    """The current time in RFC 3339, UTC, with a ``Z`` suffix (second precision)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def validate_report(phase: str, progress: int | None, message: str | None, reason: str | None) -> None:
@@ -155,10 +147,6 @@ MERGE_PATCH = "application/merge-patch+json"
 # --------------------------------------------------------------------------- errors and retries
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _api_status(exc: BaseException) -> int | None:
     return exc.status if isinstance(exc, kubeapi.ApiError) else None
 
@@ -167,7 +155,7 @@ def _api_message(exc: BaseException) -> str:
     """The API's own message of an :class:`~kubeapi.ApiError` (its Status body), else the exception text."""
     if isinstance(exc, kubeapi.ApiError):
         return exc.message()
-    return _one_line(str(exc)) or type(exc).__name__
+    return kubeapi.one_line(str(exc)) or type(exc).__name__
 
 
 def _transient(exc: BaseException) -> bool:
@@ -238,56 +226,47 @@ def report(
     deadline = time.monotonic() + retry_seconds
     api = api_client()
     path = _path(ns, name, "/status")
-    try:
-        for _ in range(CONFLICT_RETRIES):
-            try:
-                current: Any = _with_retries(lambda t: api.request("GET", path, timeout=t), deadline)
-            except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
-                raise _describe(exc, f"cannot read status of agent {ns}/{name}", ns, name) from None
-            if not isinstance(current, dict):
-                raise StatusError(f"cannot read status of agent {ns}/{name}: unexpected response")
-            status: dict[str, Any] = current.get("status") or {}
-            old_phase = status.get("phase")
-            if old_phase in TERMINAL_PHASES:
-                return ReportResult(written=False, phase=str(old_phase), previous_phase=str(old_phase))
-            rv = (current.get("metadata") or {}).get("resourceVersion")
-            body = _status_patch(phase, progress, message, reason, changed=old_phase != phase, rv=rv)
+    for _ in range(CONFLICT_RETRIES):
+        try:
+            current: Any = _with_retries(lambda t: api.request("GET", path, timeout=t), deadline)
+        except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+            raise _describe(exc, f"cannot read status of agent {ns}/{name}", ns, name) from None
+        if not isinstance(current, dict):
+            raise StatusError(f"cannot read status of agent {ns}/{name}: unexpected response")
+        status: dict[str, Any] = current.get("status") or {}
+        old_phase = status.get("phase")
+        if old_phase in TERMINAL_PHASES:
             if output is not None:
-                body["status"]["output"] = output
-            try:
-                _with_retries(
-                    lambda t, body=body: api.request(  # type: ignore[misc]
-                        "PATCH", path, body, content_type=MERGE_PATCH, timeout=t),
-                    deadline,
-                )
-            except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
-                if _api_status(exc) == 409:
-                    continue  # someone wrote in between: re-read and decide again
-                raise _describe(exc, f"cannot report {phase} for agent {ns}/{name}", ns, name) from None
-            return ReportResult(written=True, phase=phase, previous_phase=old_phase)
-        raise StatusError(
-            f"cannot report {phase} for agent {ns}/{name}: conflicting updates ({CONFLICT_RETRIES} attempts)"
-        )
-    finally:
-        api.close()
-
-
-def report_output(output: dict[str, int], *, retry_seconds: float = 10.0) -> None:
-    """Record ``status.output`` alone (the agent had reported its terminal phase itself)."""
-    name, ns = agent_identity()
-    deadline = time.monotonic() + retry_seconds
-    api = api_client()
-    try:
+                # The agent reported its end itself: the counts are added, the phase stays its own.
+                _patch(api, path, {"status": {"output": output}}, deadline,
+                       f"cannot report the output counts of agent {ns}/{name}", ns, name)
+            return ReportResult(written=False, phase=str(old_phase), previous_phase=str(old_phase))
+        rv = (current.get("metadata") or {}).get("resourceVersion")
+        body = _status_patch(phase, progress, message, reason, changed=old_phase != phase, rv=rv)
+        if output is not None:
+            body["status"]["output"] = output
         try:
             _with_retries(
-                lambda t: api.request("PATCH", _path(ns, name, "/status"), {"status": {"output": output}},
-                                      content_type=MERGE_PATCH, timeout=t),
+                lambda t, body=body: api.request(  # type: ignore[misc]
+                    "PATCH", path, body, content_type=MERGE_PATCH, timeout=t),
                 deadline,
             )
         except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
-            raise _describe(exc, f"cannot report the output counts of agent {ns}/{name}", ns, name) from None
-    finally:
-        api.close()
+            if _api_status(exc) == 409:
+                continue  # someone wrote in between: re-read and decide again
+            raise _describe(exc, f"cannot report {phase} for agent {ns}/{name}", ns, name) from None
+        return ReportResult(written=True, phase=phase, previous_phase=old_phase)
+    raise StatusError(
+        f"cannot report {phase} for agent {ns}/{name}: conflicting updates ({CONFLICT_RETRIES} attempts)"
+    )
+
+
+def _patch(api: kubeapi.Client, path: str, body: dict[str, Any], deadline: float, what: str, ns: str,
+           name: str) -> None:
+    try:
+        _with_retries(lambda t: api.request("PATCH", path, body, content_type=MERGE_PATCH, timeout=t), deadline)
+    except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+        raise _describe(exc, what, ns, name) from None
 
 
 def _status_patch(
@@ -326,23 +305,20 @@ def kill(name: str, namespace: str, *, retry_seconds: float = 10.0) -> KillResul
     path = _path(namespace, name)
     what = f"cannot kill agent {namespace}/{name}"
     try:
-        try:
-            current: Any = _with_retries(lambda t: api.request("GET", path, timeout=t), deadline)
-        except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
-            if _api_status(exc) != 403:
-                raise _describe(exc, what, namespace, name) from None
-            current = None
-        phase = ((current.get("status") or {}).get("phase")) if isinstance(current, dict) else None
-        if phase in TERMINAL_PHASES:
-            return KillResult(requested=False, phase=str(phase))
-        try:
-            _with_retries(
-                lambda t: api.request("PATCH", path, {"spec": {"terminate": True}}, content_type=MERGE_PATCH,
-                                      timeout=t),
-                deadline,
-            )
-        except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+        current: Any = _with_retries(lambda t: api.request("GET", path, timeout=t), deadline)
+    except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+        if _api_status(exc) != 403:
             raise _describe(exc, what, namespace, name) from None
-        return KillResult(requested=True, phase=None)
-    finally:
-        api.close()
+        current = None
+    phase = ((current.get("status") or {}).get("phase")) if isinstance(current, dict) else None
+    if phase in TERMINAL_PHASES:
+        return KillResult(requested=False, phase=str(phase))
+    try:
+        _with_retries(
+            lambda t: api.request("PATCH", path, {"spec": {"terminate": True}}, content_type=MERGE_PATCH,
+                                  timeout=t),
+            deadline,
+        )
+    except Exception as exc:  # noqa: BLE001 - turned into a one-line StatusError
+        raise _describe(exc, what, namespace, name) from None
+    return KillResult(requested=True, phase=None)

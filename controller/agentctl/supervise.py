@@ -525,8 +525,6 @@ def report_exit(code: int, retry_seconds: float = REPORT_SECONDS, output: dict[s
 
         result = status.report(phase, message=message, reason="ExitCode", retry_seconds=retry_seconds,
                                output=output)
-        if not result.written and output is not None:
-            status.report_output(output, retry_seconds=retry_seconds)
     except Exception as exc:  # noqa: BLE001 - the exit code must never depend on the API
         say(f"could not report {phase} (exit code {code}): {' '.join(str(exc).split())}")
         return
