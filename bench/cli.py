@@ -79,9 +79,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if args.backend == "control-plane" and args.kubeconfig:
+        raise SystemExit("--backend control-plane starts a control plane of its own: without --kubeconfig")
     workdir = make_workdir()
     stop_control_plane = None
-    if args.backend == "control-plane" and not args.kubeconfig:
+    if args.backend == "control-plane":
         args.kubeconfig, stop_control_plane = start_control_plane(workdir / "controlplane")
     backend: EmulatorBackend | ClusterBackend = (
         ClusterBackend(args.kubeconfig, args.image, args.context) if args.kubeconfig else EmulatorBackend())
@@ -101,10 +103,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     samples: dict[str, Any] = {}
     began = time.monotonic()
-    await backend.setup(workdir)
-    if isinstance(backend, ClusterBackend):
-        result["server"] = backend.client.server if backend.client else None
     try:
+        await backend.setup(workdir)
+        if isinstance(backend, ClusterBackend):
+            result["server"] = backend.client.server if backend.client else None
         if "burst" in phases:
             log.info("burst: %d agents", env.sizes.burst)
             result["burst"] = await burst(env)

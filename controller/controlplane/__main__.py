@@ -12,7 +12,6 @@ not on PATH.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import signal
@@ -20,7 +19,6 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .binaries import NO_GO_STATUS, BinariesUnavailable, BuildFailed
 from .cluster import ControlPlane, ControlPlaneError
@@ -42,22 +40,13 @@ def _set_parent_death_signal() -> None:
 
 
 def start_nodes(cp: ControlPlane, count: int) -> Callable[[], None] | None:
-    """The seam for the node simulator: ``controller.nodesim.start_nodes(control_plane, count)``
-    starts ``count`` nodes, returns once they are Ready, and returns a callable that stops them.
-    Returns that callable, or None (with a one-line note on stderr) when the simulator is absent."""
+    """``count`` simulated nodes (controller.nodesim) on ``cp``, Ready when this returns; the callable
+    that stops them (None for no nodes)."""
     if count <= 0:
         return None
-    try:
-        nodesim: Any = importlib.import_module("controller.nodesim")
-    except ImportError:
-        nodesim = None
-    starter = getattr(nodesim, "start_nodes", None)
-    if starter is None:
-        print(f"controlplane: --nodes {count}: the node simulator (controller.nodesim.start_nodes) is not "
-              "available; running without nodes", file=sys.stderr, flush=True)
-        return None
-    stopper: Callable[[], None] = starter(cp, count)
-    return stopper
+    from controller.nodesim.sim import start_nodes as start
+
+    return start(cp, count).stop
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,19 +13,8 @@
 with a thread-safe API; ``python -m controller.nodesim`` runs them as a process.
 """
 
-from collections.abc import Callable
-from typing import Any
-
 from .behaviour import PREFIX, generate_output, parse_quantity, write_chunks
 from .core import INVALID_IMAGE_PREFIX, LOCAL_IMAGE_PREFIX
-
-def start_nodes(cp: Any, count: int, **options: Any) -> Callable[[], None]:
-    """The control plane's seam (``python -m controller.controlplane --nodes N``): start ``count``
-    simulated nodes on ``cp`` and return the callable that stops them (see sim.start_nodes)."""
-    from .sim import start_nodes as start
-
-    return start(cp, count, **options).stop
-
 
 __all__ = [
     "INVALID_IMAGE_PREFIX",
@@ -33,6 +22,5 @@ __all__ = [
     "PREFIX",
     "generate_output",
     "parse_quantity",
-    "start_nodes",
     "write_chunks",
 ]
