@@ -251,7 +251,11 @@ async def create_children(rt: Runtime, agent: Mapping[str, Any]) -> CreateRefusa
 
 
 _TRANSIENT_FORBIDDEN = (
-    " cannot create resource ",          # our own RBAC: a misconfiguration, not the agent's fault
+    # Our own RBAC: a misconfiguration of the controller, not the agent's fault; retried (with a
+    # Warning Event) until an administrator fixes it.
+    " cannot create resource ",
+    "cannot set blockOwnerDeletion",     # no `update` on agents/finalizers (OwnerReferencesPermissionEnforcement)
+    "attempting to grant RBAC permissions not currently held",   # the agent's Role grants what we lack
     "error looking up service account",  # admission's cache has not seen the new ServiceAccount yet
     "because it is being terminated",    # the namespace is going away
 )
