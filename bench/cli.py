@@ -24,21 +24,25 @@ from .scenarios import Env, Sizes, burst, idle, scale
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("burst", "idle", "scale")
+PHASES = ("anchor", "burst", "idle", "scale")
+DEFAULT_PHASES = ("burst", "idle", "scale")   # anchor: with --backend control-plane
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--agents", type=int, default=None, metavar="N", help="burst size (default 1000; --quick: 10)")
+    p.add_argument("--agents", type=int, default=None, metavar="N",
+                   help="burst size, and the anchor's Jobs and Agents (default 1000; --quick: 10)")
     p.add_argument("--idle-agents", type=int, default=None, metavar="N",
                    help="idle-latency runs, one agent at a time (default 100; --quick: 6)")
     p.add_argument("--scale", default=None, metavar="N,N,...",
                    help="Agents present for the RSS/sweep steps (default 1000,2000,10000; --quick: 20,40)")
     p.add_argument("--sweep-interval", type=float, default=None,
                    help="the scale controller's --sweep-interval (default 15; --quick: 1)")
-    p.add_argument("--phases", default=",".join(PHASES),
-                   help=f"comma-separated subset of {','.join(PHASES)} (idle also measures the API cost)")
+    p.add_argument("--phases", default=None,
+                   help=f"comma-separated subset of {','.join(PHASES)} (idle also measures the API cost; anchor "
+                        "compares with kube-controller-manager's TTL-after-finished controller, on the control "
+                        f"plane only). Default: {','.join(DEFAULT_PHASES)}, and anchor first on the control plane")
     p.add_argument("--backend", choices=("emulator", "control-plane"), default="emulator",
                    help="emulator (default): the in-process API emulator; control-plane: the project's real "
                         "kube-apiserver/etcd/controller-manager/scheduler (scripts/install-control-plane.sh) "
@@ -75,16 +79,24 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if args.phases is None:
+        phases = list(PHASES if args.backend == "control-plane" else DEFAULT_PHASES)
+    else:
+        phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
     if args.backend == "control-plane" and args.kubeconfig:
         raise SystemExit("--backend control-plane starts a control plane of its own: without --kubeconfig")
+    if "anchor" in phases and args.backend != "control-plane":
+        raise SystemExit("the anchor phase needs --backend control-plane (kube-controller-manager on the same "
+                         "API server); emulator figures are no comparison")
     workdir = make_workdir()
     stop_control_plane = None
+    local = None
     if args.backend == "control-plane":
-        args.kubeconfig, stop_control_plane = start_control_plane(workdir / "controlplane")
+        args.kubeconfig, stop_control_plane, local = start_control_plane(
+            workdir / "controlplane", audit="anchor" in phases, pods=sizes_from(args).burst)
     backend: EmulatorBackend | ClusterBackend = (
         ClusterBackend(args.kubeconfig, args.image, args.context) if args.kubeconfig else EmulatorBackend())
     if stop_control_plane is not None:
@@ -107,6 +119,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await backend.setup(workdir)
         if isinstance(backend, ClusterBackend):
             result["server"] = backend.client.server if backend.client else None
+        if "anchor" in phases:
+            from .anchor import anchor
+
+            assert local is not None
+            log.info("anchor: %d Jobs (kube-controller-manager), then %d Agents (ours)", env.sizes.burst,
+                     env.sizes.burst)
+            result["anchor"] = await anchor(env, local, env.sizes.burst)
+            log.info("anchor: %s", _brief(result["anchor"]))
         if "burst" in phases:
             log.info("burst: %d agents", env.sizes.burst)
             result["burst"] = await burst(env)
@@ -135,20 +155,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["machine"]["calibration_ms_end"] = calibration_ms()
     result["notes"] = env.notes
     result["elapsed_seconds"] = round(time.monotonic() - began, 1)
-    for key in ("burst", "idle", "api", "scale"):
+    for key in ("anchor", "burst", "idle", "api", "scale"):
         result.setdefault(key, None)
     return strip_samples(result) | {"_samples": samples}
 
 
-def start_control_plane(workdir: Path) -> tuple[str, Any]:
+def start_control_plane(workdir: Path, audit: bool = False, pods: int = 0) -> tuple[str, Any, Any]:
     """The project's real control plane (controller/controlplane) with two simulated nodes:
-    (admin kubeconfig, a callable that stops it all)."""
+    (admin kubeconfig, a callable that stops it all, the anchor's handle on it). With `audit`, the
+    API server writes an audit log (the anchor counts kube-controller-manager's requests in it). Each
+    node takes `pods` pods besides a margin (the anchor's N Jobs' pods run at once), at least 110."""
     from controller.controlplane import ControlPlane, ensure_binaries
     from controller.nodesim.sim import start_nodes
 
-    cp = ControlPlane(workdir=workdir, bin_dir=ensure_binaries(), die_with_parent=True).start()
+    from .anchor import LocalControlPlane, audit_args
+
+    extra, audit_log = audit_args(workdir / "audit") if audit else ({}, workdir / "audit" / "none")
+    cp = ControlPlane(workdir=workdir, bin_dir=ensure_binaries(), die_with_parent=True, extra_args=extra).start()
     try:
-        nodes = start_nodes(cp, 2, heartbeat_seconds=5.0, workdir=str(workdir / "pods"))
+        nodes = start_nodes(cp, 2, heartbeat_seconds=5.0, workdir=str(workdir / "pods"), max_pods=max(110, pods + 20))
     except BaseException:
         cp.stop()
         raise
@@ -158,7 +183,7 @@ def start_control_plane(workdir: Path) -> tuple[str, Any]:
         cp.stop()
 
     log.info("control plane: %s, nodes %s", cp.url, ", ".join(nodes.node_names))
-    return str(cp.admin_kubeconfig), stop
+    return str(cp.admin_kubeconfig), stop, LocalControlPlane(cp, nodes, audit_log)
 
 
 def _brief(d: dict[str, Any]) -> str:

@@ -44,6 +44,9 @@ def strip_samples(node: Any) -> Any:
 def backend_label(result: dict[str, Any]) -> str:
     if result.get("backend") == "emulator":
         return "backend: emulator (in-process controller.devcluster; controller in its own process)"
+    if result.get("backend") == "control-plane":
+        return ("backend: control-plane (the project's kube-apiserver, etcd, kube-controller-manager and "
+                f"kube-scheduler, simulated nodes; {result.get('server', '?')})")
     return f"backend: cluster ({result.get('server', '?')})"
 
 
@@ -63,6 +66,17 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         met = "–" if target == "(reported)" else ("yes" if check(value) else "**no**")
         lines.append(f"| {label} | {value} | {target} | {met} |")
+    anchor = result.get("anchor") or {}
+    if anchor:
+        lines += ["", f"## Anchor: {anchor.get('agents')} Jobs drained by kube-controller-manager "
+                      "(TTL-after-finished + garbage collector) vs as many Agents drained by us", "",
+                  f"**ratio (ours ÷ theirs, objects per second): {anchor.get('ratio')}**", "",
+                  "| | ours | theirs |", "|---|---:|---:|"]
+        for label, key in (("last finish → last object gone, s", "seconds"), ("objects per second", "per_second"),
+                           ("API requests", "requests"), ("controller CPU seconds", "cpu_seconds"),
+                           ("API server CPU seconds", "apiserver_cpu_seconds"), ("all gone", "all_gone")):
+            lines.append(f"| {label} | {anchor.get('ours_' + key)} | {anchor.get('theirs_' + key)} |")
+        lines += ["", f"Theirs: {anchor.get('theirs_flags')}."]
     burst = result.get("burst") or {}
     idle = result.get("idle") or {}
     if burst or idle:
