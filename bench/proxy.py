@@ -99,9 +99,12 @@ class CountingProxy:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         headers = {"Authorization": f"Bearer {self.upstream.token}"} if self.upstream.token else {}
+        # No connection limit: the controller holds one follow stream per running agent (live log
+        # capture) besides its watches; a pool of 256 made every other request wait for a
+        # connection once ~250 agents ran (they timed out after 60 s).
         self._session = aiohttp.ClientSession(
             self.upstream.server, headers=headers,
-            connector=aiohttp.TCPConnector(ssl=self.upstream.ssl_context(), limit=256),
+            connector=aiohttp.TCPConnector(ssl=self.upstream.ssl_context(), limit=0),
             auto_decompress=False)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
