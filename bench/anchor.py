@@ -36,8 +36,7 @@ from typing import Any
 import psutil
 
 from .backends import Recorder
-from .client import gather_limited
-from .scenarios import Controller, Env, drop_namespace, settle, total, wait_until, warm_up
+from .scenarios import Controller, Env, create_all, drop_namespace, settle, total, wait_until, warm_up
 
 KCM_USERS = "system:serviceaccount:kube-system:"     # --use-service-account-credentials
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
@@ -147,10 +146,7 @@ async def theirs(env: Env, local: LocalControlPlane, n: int) -> dict[str, Any]:
                     "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                     "containers": [{"name": "job", "image": IMAGE, "env": SLEEP}]}}}})
 
-        created = await gather_limited([functools.partial(job, i) for i in range(n)], env.sizes.create_concurrency)
-        errors = [r for r in created if isinstance(r, BaseException)]
-        if errors:
-            raise RuntimeError(f"{len(errors)} Jobs could not be created, e.g. {errors[0]!r}")
+        await create_all([functools.partial(job, i) for i in range(n)], env.sizes.create_concurrency, "Jobs")
         budget = 120.0 + 0.3 * n
         if not await wait_until(lambda: sum(p == "Running" for p in pods.phase.values()) >= n, budget, 0.1):
             raise RuntimeError(f"the Jobs' pods did not all run within {budget:.0f}s "
@@ -196,11 +192,8 @@ async def ours(env: Env, local: LocalControlPlane, n: int) -> dict[str, Any]:
             await warm_up(env, rec, ns)
             names = [f"a{i:05d}" for i in range(n)]
             spec = {"image": IMAGE, "env": SLEEP, "podTemplate": {"spec": {"terminationGracePeriodSeconds": 1}}}
-            created = await gather_limited([functools.partial(backend.create_agent, ns, x, spec) for x in names],
-                                           env.sizes.create_concurrency)
-            errors = [r for r in created if isinstance(r, BaseException)]
-            if errors:
-                raise RuntimeError(f"{len(errors)} Agents could not be created, e.g. {errors[0]!r}")
+            await create_all([functools.partial(backend.create_agent, ns, x, spec) for x in names],
+                             env.sizes.create_concurrency, "Agents")
             budget = 120.0 + 0.3 * n
             if not await wait_until(lambda: all(rec.phase.get(x) == "Running" for x in names), budget, 0.1):
                 phases: dict[str, int] = {}

@@ -124,6 +124,14 @@ class Controller:
         await asyncio.to_thread(self.proc.stop)
 
 
+async def create_all(factories: list[Callable[[], Awaitable[Any]]], limit: int, what: str) -> None:
+    """Run the creations `limit` at a time; raise if any failed."""
+    results = await gather_limited(factories, limit)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} {what} could not be created, e.g. {errors[0]!r}")
+
+
 async def create_running(env: Env, rec: Recorder, ns: str, names: list[str], first_index: int = 0,
                          timeout: float | None = None) -> float:
     """Create the agents and wait until every one is Running; returns the seconds it took."""
@@ -132,10 +140,7 @@ async def create_running(env: Env, rec: Recorder, ns: str, names: list[str], fir
     factories: list[Callable[[], Awaitable[Any]]] = [
         functools.partial(backend.create_agent, ns, n, backend.agent_spec(first_index + i))
         for i, n in enumerate(names)]
-    results = await gather_limited(factories, env.sizes.create_concurrency)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise RuntimeError(f"{len(errors)} agents could not be created, e.g. {errors[0]!r}")
+    await create_all(factories, env.sizes.create_concurrency, "agents")
     budget = timeout if timeout is not None else 60.0 + 0.05 * len(names)
     ok = await wait_until(lambda: all(rec.phase.get(n) == "Running" for n in names), budget, 0.05)
     if not ok:
