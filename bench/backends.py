@@ -271,7 +271,7 @@ class ClusterBackend(Backend):
     async def setup(self, workdir: Path) -> None:
         from controller.kube.client import ClientConfig
 
-        from .proxy import CountingProxy
+        from controller.controlplane.proxy import ApiProxy
 
         self.workdir = workdir
         cfg = ClientConfig.load(self.kubeconfig, self.context)
@@ -288,7 +288,7 @@ class ClusterBackend(Backend):
             await self.client.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
             self._crd_created = True
             await asyncio.sleep(3.0)   # let the API server start serving it
-        self.proxy = CountingProxy(cfg, self._request).start()
+        self.proxy = ApiProxy(cfg, self._request, user=CONTROLLER_USER).start()
 
     def _request(self, verb: str, resource: str, ns: str, name: str, user: str) -> None:
         rec = self.recorder

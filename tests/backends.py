@@ -105,6 +105,12 @@ class ControlPlaneBackend(Backend):
         self.controller_token = cp.service_account_token(CONTROLLER_NAMESPACE, controller_service_account,
                                                          expiration_seconds=CONTROLLER_TOKEN_SECONDS)
         self.sim: Any = None          # the node simulator (controller.nodesim.sim.start_nodes)
+        # The controllers under test reach the API server through the fault proxy: the emulator's
+        # fault injection and request counts, in front of the real server (their token passes through).
+        from controller.controlplane.proxy import ApiProxy
+        from controller.kube.client import ClientConfig
+
+        self.proxy = ApiProxy(ClientConfig(server=self.url, ca_file=self.ca_file)).start()
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         self.cp.create_namespace(name, {**self.namespace_labels, **(labels or {})})
@@ -119,13 +125,14 @@ class ControlPlaneBackend(Backend):
         return self.cp.kubectl(*args, input=input, check=check)
 
     def stop(self) -> None:
+        self.proxy.stop()
         if self.sim is not None:
             self.sim.stop()
         self.cp.stop()
 
 
 class _EmulatorOnly:
-    """What only the emulator has (fault injection, its kubelet's internals, request counts): a test
+    """What only the emulator has (its kubelet's internals): a test
     using it on the control plane lacks its `@pytest.mark.emulator_only` — said, not skipped."""
 
     def __init__(self, what: str):
@@ -140,8 +147,9 @@ class _EmulatorOnly:
 
 class ControlPlaneCluster:
     """The integration fixtures' `cluster` on a real control plane: the same url/admin_token
-    (+ ca_file), kubeconfigs, service-account tokens; fault injection and the emulator's internals
-    skip the test."""
+    (+ ca_file), kubeconfigs, service-account tokens; ``faults`` and ``requests`` are the fault
+    proxy's, which the controllers under test go through (``controller_url``); the emulator's
+    kubelet internals skip the test."""
 
     def __init__(self, backend: ControlPlaneBackend):
         self.backend = backend
@@ -149,9 +157,10 @@ class ControlPlaneCluster:
         self.admin_token = backend.admin_token
         self.ca_file = backend.ca_file
         self.controller_token = backend.controller_token
-        self.faults = _EmulatorOnly("fault injection")
+        self.controller_url = backend.proxy.url
+        self.faults = backend.proxy.faults
+        self.requests = backend.proxy.requests
         self.kubelet = _EmulatorOnly("the emulator's kubelet")
-        self.requests = _EmulatorOnly("the emulator's request log")
 
     def kubeconfig_path(self, path: str, user: str = "admin", namespace: str = "default",
                         token: str | None = None) -> str:

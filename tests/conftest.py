@@ -89,7 +89,7 @@ def emulator() -> Iterator[Any]:
 def cluster(request: pytest.FixtureRequest, backend_name: str) -> Any:
     """The API server of the integration tests: the emulator, or — with `--backend control-plane` —
     a real control plane with simulated nodes, where the controller runs as its own ServiceAccount
-    with the chart's RBAC (tests/backends.py ControlPlaneCluster; fault injection skips there)."""
+    with the chart's RBAC (tests/backends.py ControlPlaneCluster), through the fault proxy."""
     if backend_name == "control-plane":
         from backends import ControlPlaneCluster
 
@@ -111,9 +111,8 @@ def ns(cluster: Any, api: Any, backend_name: str) -> Iterator[str]:
     name = f"t{os.getpid() % 1000}-{next(_counter)}"
     api.create_namespace(name, dict(RESTRICTED) if backend_name == "control-plane" else None)
     yield name
-    if backend_name == "emulator":
-        cluster.faults.clear()
-    else:
+    cluster.faults.clear()
+    if backend_name != "emulator":
         # The simulated nodes' room is finite: what a test left running goes with its namespace
         # (Agents held by the finalizer of a controller that is gone stay; their pods do not).
         try:
@@ -190,8 +189,10 @@ def make_controller(cluster: Any, ns: str, archive_dir: Path) -> Iterator[Any]:
         token = overrides.pop("token", getattr(cluster, "controller_token", None) or cluster.admin_token)
         priority = overrides.pop("peering_priority", None)   # with peering=NAME: fixed, not random
         options = controller_options(ns, overrides.pop("archive_dir", archive_dir), **overrides)
-        config = ClientConfig(server=cluster.url, token=token, default_namespace=ns,
-                              ca_file=getattr(cluster, "ca_file", None))
+        # On the control plane through the fault proxy (plain HTTP on loopback, the token passed on).
+        proxied = getattr(cluster, "controller_url", None)
+        config = ClientConfig(server=proxied or cluster.url, token=token, default_namespace=ns,
+                              ca_file=None if proxied else getattr(cluster, "ca_file", None))
         ctl = BackgroundController(options, config)
         if priority is not None:
             ctl.sweeper.peering.priority = priority

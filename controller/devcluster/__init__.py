@@ -11,7 +11,8 @@ See docs/ARCHITECTURE.md ("devcluster: the contract")::
     cluster.stop()
 """
 
-from .server import DevCluster, Fault, Faults
+from .faults import Fault, Faults
+from .server import DevCluster
 from .store import ApiError
 
 __all__ = ["ApiError", "DevCluster", "Fault", "Faults"]

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from . import tables
 from .admission import ValidatingAdmission
+from .faults import Fault, Faults
 from .rbac import Attributes, Authorizer, UserInfo
 from .store import (
     BOOKMARK,
@@ -46,7 +47,7 @@ from .store import (
     now_rfc3339,
 )
 
-__all__ = ["ApiError", "ApiServer", "DevCluster", "Fault", "Faults"]
+__all__ = ["ApiError", "ApiServer", "DevCluster"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,113 +67,6 @@ KUBE_VERSION = {
 MAX_BODY = 3 * 1024 * 1024
 _NS_SUBRESOURCES = ("status", "finalize")
 _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
-
-
-# ------------------------------------------------------------------------------------------
-# fault injection
-
-
-@dataclass(eq=False)
-class Fault:
-    """One injected fault; ``hits`` counts the requests it affected."""
-
-    verb: str | None = None
-    resource: str | None = None
-    namespace: str | None = None
-    name: str | None = None
-    status: int | None = 500
-    times: int | None = 1
-    hang: bool = False
-    delay: float = 0.0
-    message: str | None = None
-    hits: int = 0
-    cleared: bool = False
-
-    def matches(self, verb: str, resource: str, ns: str, name: str) -> bool:
-        """Whether this fault applies to the request."""
-        if self.cleared or (self.times is not None and self.hits >= self.times):
-            return False
-        if self.verb is not None and self.verb != verb:
-            return False
-        if self.resource is not None and self.resource != resource:
-            return False
-        if self.namespace is not None and self.namespace != ns:
-            return False
-        if self.name is not None and self.name != name:
-            return False
-        return True
-
-
-_REASONS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    409: "Conflict",
-    410: "Gone",
-    422: "Invalid",
-    429: "TooManyRequests",
-    500: "InternalError",
-    503: "ServiceUnavailable",
-    504: "Timeout",
-}
-
-
-class Faults:
-    """Error injection: ``inject(...)`` makes matching requests fail, hang or slow down."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def inject(
-        self,
-        verb: str | None = None,
-        resource: str | None = None,
-        namespace: str | None = None,
-        name: str | None = None,
-        status: int | None = None,
-        times: int | None = 1,
-        hang: bool = False,
-        delay: float = 0,
-        message: str | None = None,
-    ) -> Fault:
-        """Add a fault. ``resource`` may name a subresource ("agents/status", "pods/log").
-
-        ``status`` defaults to 500; with ``hang`` or ``delay`` and no explicit ``status`` the request
-        is held (until :meth:`clear`, resp. ``delay`` seconds) and then served normally.
-        ``times=None`` means every matching request.
-        """
-        if status is None and not hang and not delay:
-            status = 500
-        f = Fault(verb, resource, namespace, name, status, times, hang, float(delay), message)
-        with self._lock:
-            self._faults.append(f)
-        return f
-
-    def clear(self) -> None:
-        """Remove every fault and release hanging requests."""
-        with self._lock:
-            for f in self._faults:
-                f.cleared = True
-            self._faults.clear()
-
-    def active(self) -> list[Fault]:
-        """The faults still armed."""
-        with self._lock:
-            return [f for f in self._faults if not f.cleared and (f.times is None or f.hits < f.times)]
-
-    def take(self, verb: str, resource: str, ns: str, name: str) -> Fault | None:
-        """The first matching fault (its hit is counted)."""
-        if not self._faults:
-            return None
-        with self._lock:
-            for f in self._faults:
-                if f.matches(verb, resource, ns, name):
-                    f.hits += 1
-                    return f
-        return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -1027,17 +921,10 @@ class ApiServer:
                 )
         fault = self.faults.take(verb, info.resource_key, info.namespace, info.name)
         if fault is not None:
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            if fault.hang:
-                while not fault.cleared:
-                    await asyncio.sleep(0.05)
+            await fault.wait()
             if fault.status is not None:
-                code = fault.status
-                reason = _REASONS.get(code, "InternalError")
-                msg = fault.message or f"injected fault: {reason}"
-                headers = {"Retry-After": "1"} if code in (429, 503) else None
-                raise ApiError(code, reason, msg, {"retryAfterSeconds": 1} if headers else {}, headers)
+                code, reason, msg, details, headers = fault.answer()
+                raise ApiError(code, reason, msg, details, headers)
         q = request.query
         if rt.virtual:
             return await self._review(request, user, rt)

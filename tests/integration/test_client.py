@@ -93,11 +93,10 @@ def test_13_credentials_about_to_expire_are_refreshed_before(tmp_path, cluster):
     assert config.refreshed == 1                              # loaded again before the request
 
 
-@pytest.mark.emulator_only("faults")
 def test_15_throttling_is_waited_out_with_retry_after(api, ns, cluster, controller):
     """API Priority and Fairness answers 429 with Retry-After: the client waits as told and retries,
     and the cleanup succeeds at its first attempt (it used to give up after ~1.4 s)."""
-    inject = cluster.faults.inject          # (the emulator's fault injection: skips on the control plane)
+    inject = cluster.faults.inject          # the emulator's, or the fault proxy's on the control plane
     api.create_agent(ns, "throttled", {"image": "agent:1", "env": script([{"log": "x\n"}, {"sleep": 3600}])})
     wait_for(lambda: api.agent(ns, "throttled").get("status", {}).get("phase") == "Running")
     fault = inject(verb="delete", resource="pods", namespace=ns, status=429, times=4)

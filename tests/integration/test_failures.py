@@ -16,7 +16,6 @@ def running(api, ns, name):
     return lambda: api.agent(ns, name).get("status", {}).get("phase") == "Running"
 
 
-@pytest.mark.emulator_only("faults")
 def test_conflict_on_status_patch_is_retried(api, ns, cluster, controller):
     cluster.faults.inject(verb="patch", resource="agents/status", status=409, times=2)
     api.create_agent(ns, "c409", {"image": "agent:1", "env": script([{"log": "x\n"}, {"exit": 0}])})
@@ -25,7 +24,6 @@ def test_conflict_on_status_patch_is_retried(api, ns, cluster, controller):
     assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
 
 
-@pytest.mark.emulator_only("faults")
 def test_server_error_on_pod_delete_is_retried(api, ns, cluster, controller):
     api.create_agent(ns, "c500", {"image": "agent:1", "env": script([{"log": "x\n"}, {"sleep": 3600}])})
     wait_for(running(api, ns, "c500"))
@@ -36,7 +34,6 @@ def test_server_error_on_pod_delete_is_retried(api, ns, cluster, controller):
     assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
 
 
-@pytest.mark.emulator_only("faults")
 def test_handler_failure_is_an_event_on_the_agent(api, ns, cluster, controller):
     """`kubectl describe agent` shows why it is stuck: kopf's retried handler failure is a Warning Event."""
     cluster.faults.inject(verb="create", resource="pods", namespace=ns, status=500, times=6)  # > client retries
@@ -79,7 +76,6 @@ def test_unwritable_archive_keeps_pod_then_recovers(api, ns, cluster, make_contr
     assert leftovers(api, ns, SEL + uid) == {}
 
 
-@pytest.mark.emulator_only("faults, requests")
 @pytest.mark.parametrize("hang_on", ["pods", "configmaps"])
 def test_controller_stopped_mid_cleanup_then_restarted_archives_exactly_once(
         api, ns, cluster, make_controller, archive_dir, hang_on):

@@ -247,7 +247,6 @@ def test_a_leak_fires_leaked_resources_and_nothing_else(api, ns, make_controller
     prom.quiet()
 
 
-@pytest.mark.emulator_only("faults")
 def test_a_hung_api_fires_sweep_not_succeeding(api, ns, cluster, make_controller, prometheus):
     ctl = healthy(make_controller)
     prom = prometheus([target(ctl)])

@@ -27,7 +27,6 @@ def plain_pod(api, ns, name, **meta):
     return api.create_pod(ns, body)
 
 
-@pytest.mark.emulator_only("faults")
 def test_1_an_agent_created_during_a_sweep_keeps_its_children(api, ns, cluster, controller):
     """The sweep lists the Agents, then the children: an Agent created in between is absent from the
     first list. Its children are confirmed by a fresh read before anything is called orphaned."""

@@ -169,7 +169,6 @@ def test_sweep_racing_reconcile_archives_once_and_counts_once(api, ns, cluster, 
     assert leftovers(api, ns, MANAGED) == {}
 
 
-@pytest.mark.emulator_only("faults")
 def test_hanging_api_fails_the_sweep_and_health(api, ns, cluster, make_controller):
     ctl = make_controller(sweep_interval=0.5, sweep_timeout=0.4)
     wait_for(lambda: ctl.sweeper.last_success is not None, message="first sweep")
