@@ -37,6 +37,8 @@ ORPHANS = "_orphans"
 PARTIAL_MARK = ".partial-"       # the in-progress directories of earlier versions (removed)
 CAPTURE_MARK = ".capture"
 STATE_SUFFIX = ".state"
+RESERVE = "reserve"              # room held on the volume while a pod is stopped (PendingArchive.reserve)
+RESERVE_BYTES = 1024 * 1024
 
 
 class ArchiveError(Exception):
@@ -251,10 +253,32 @@ class PendingArchive:
         except OSError as exc:
             raise ArchiveError("write", f"cannot write {filename}: {exc}") from exc
 
+    def reserve(self, nbytes: int = RESERVE_BYTES) -> None:
+        """Room on the volume for what comes after the pod is asked to stop — the grace period's
+        lines, prompt.txt, agent.json, MANIFEST.json —, taken (allocated and fsynced) before the
+        pod is stopped and given back by :meth:`release` once it is: a full volume fails the cleanup
+        while the pod, and the node's copy of its log, still exist (data first). Blocking."""
+        path = self.tmp / RESERVE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, nbytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise ArchiveError("not_writable", f"no room on the archive volume for {self.final}: {exc}") from exc
+
+    def release(self) -> None:
+        """Give the reserved room back (see :meth:`reserve`). Blocking."""
+        (self.tmp / RESERVE).unlink(missing_ok=True)
+
     def commit(self) -> ArchiveResult:
         """Close, write MANIFEST.json last, make it all durable, rename into place, make the rename
         durable. Blocking."""
         try:
+            self.release()
             entries: list[dict[str, Any]] = []
             for handle in self._handles.values():
                 handle.flush()

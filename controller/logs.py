@@ -176,7 +176,14 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
         await asyncio.gather(*(c.catch_up() for c in running))
         if ended:
             await asyncio.wait(ended, timeout=STREAM_DRAIN_SECONDS)
+        for task in pumps:
+            # Data first: a capture that could not be written (the volume full, unwritable) keeps
+            # its pod, and with it the node's copy of the log, for the next attempt.
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.to_thread(pending.reserve)
         await stop_pods(rt, pods, grace)
+        await asyncio.to_thread(pending.release)
         if pumps:
             done, still = await asyncio.wait(pumps, timeout=STREAM_DRAIN_SECONDS)
             for task in still:
