@@ -146,6 +146,10 @@ class Decision:
     requeue_after: float | None = None     # look again then (the earliest clock-driven trigger)
     backoff: bool = False                  # a retried attempt: if it fails again, back off longer
     capture_logs: bool = False             # read the pod's logs now, while it runs (wants_capture)
+    add_finalizer: bool = False            # kopf did not put our finalizer on a new Agent in time: we do
+
+
+FINALIZER_GRACE_SECONDS = 10.0
 
 
 def _age(agent: Mapping[str, Any], now: datetime.datetime) -> float | None:
@@ -178,8 +182,13 @@ def _next_step(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime)
     if phase in (None, api.PENDING) and not status.get("podName") and not deleting \
             and FINALIZER not in (meta.get("finalizers") or ()):
         # A new Agent: kopf puts our finalizer on it first (its own watch event brings the Agent back),
-        # so that no child exists before the finalizer that guarantees their cleanup.
-        return Decision()
+        # so that no child exists before the finalizer that guarantees their cleanup. Should kopf's
+        # patch fail for good (a 409 it does not retry), the Agent would wait forever: after
+        # FINALIZER_GRACE_SECONDS the controller adds the finalizer itself.
+        age = _age(agent, now)
+        if age is not None and age < FINALIZER_GRACE_SECONDS:
+            return Decision(requeue_after=FINALIZER_GRACE_SECONDS - age)
+        return Decision(add_finalizer=True)
     if deleting:
         return Decision(status=StatusChange(api.TERMINATED, api.REASON_DELETED, "The Agent was deleted."))
     if spec.terminate:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from . import api
+from . import FINALIZER, api
 from .cleanup import CleanupFailed, clean_up, patch_status
 from .decide import CreateRefusal, Decision, Observed, PodState, StatusChange, decide
 from .events import NORMAL, WARNING
@@ -107,6 +107,16 @@ async def act(rt: Runtime, key: AgentKey, agent: dict[str, Any], decision: Decis
     uid = meta["uid"]
     change = decision.status
     backoff = decision.backoff
+    if decision.add_finalizer:
+        fresh = await rt.client.get_or_none(AGENTS, *key)
+        finalizers = list(((fresh or {}).get("metadata") or {}).get("finalizers") or [])
+        if fresh is not None and FINALIZER not in finalizers:
+            # With its resourceVersion: a precondition (a 409 if the Agent changed: retried, read again).
+            await rt.client.patch(AGENTS, key[0], key[1], {"metadata": {
+                "resourceVersion": fresh["metadata"]["resourceVersion"], "finalizers": [*finalizers, FINALIZER]}})
+            log.info("agent %s/%s: our finalizer added (kopf had not added it)", *key)
+        rt.queue.add(key)
+        return None
     if decision.capture_logs and uid not in rt.captures:
         cached = rt.pods.named(meta["namespace"], pod_name(meta["name"]))
         if cached is not None and cached.owner_uid == label_value(uid):

@@ -699,13 +699,24 @@ def test_decide_does_not_modify_its_inputs():
 def test_a_new_agent_waits_for_its_finalizer_before_any_child_exists():
     """kopf puts the finalizer on a new Agent first; until then nothing is created (a child created
     before the finalizer could outlive an Agent deleted at once)."""
-    body = agent()
+    body = agent(created_ago=4)
     body["metadata"].pop("finalizers")
-    assert decide(body, Observed(), NOW) == Decision()
+    assert decide(body, Observed(), NOW) == Decision(requeue_after=6.0)     # look again then
     body["metadata"]["finalizers"] = ["example.com/other"]
-    assert decide(body, Observed(), NOW) == Decision()
+    assert decide(body, Observed(), NOW) == Decision(requeue_after=6.0)
     body["metadata"]["finalizers"].append("agentcontroller.dev/cleanup")
     assert decide(body, Observed(), NOW).create_children
+
+
+def test_a_new_agent_kopf_left_without_our_finalizer_gets_it_from_us():
+    """kopf's finalizer patch can fail for good (a 409 it does not retry: found by the chaos run);
+    after FINALIZER_GRACE_SECONDS the controller adds the finalizer itself — still before any child."""
+    from controller.decide import FINALIZER_GRACE_SECONDS
+
+    body = agent(created_ago=FINALIZER_GRACE_SECONDS)
+    body["metadata"]["finalizers"] = ["example.com/other"]
+    decision = decide(body, Observed(), NOW)
+    assert decision == Decision(add_finalizer=True) and not decision.create_children
 
 
 def test_wants_capture_only_while_the_agents_pod_runs_and_its_logs_are_kept():
