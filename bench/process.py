@@ -30,8 +30,11 @@ def free_port() -> int:
 
 class ControllerProcess:
     def __init__(self, kubeconfig: str, namespace: str, archive_dir: str, log_path: str,
-                 sweep_interval: float = 3600.0):
+                 sweep_interval: float = 3600.0, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.kubeconfig = kubeconfig
+        self.extra_args = list(extra_args or [])
+        self.extra_env = dict(env or {})
         self.namespace = namespace
         self.archive_dir = archive_dir
         self.log_path = log_path
@@ -49,8 +52,9 @@ class ControllerProcess:
         cmd = [sys.executable, *entry, "run", "--kubeconfig", self.kubeconfig,
                "--namespace", self.namespace, "--archive-dir", self.archive_dir,
                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
-               "--sweep-interval", str(self.sweep_interval)]
-        env = dict(os.environ)
+               "--sweep-interval", str(self.sweep_interval), *self.extra_args,
+               *(["-v"] if os.environ.get("BENCH_CONTROLLER_VERBOSE") else [])]
+        env = {**os.environ, **self.extra_env}
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.pop("KUBERNETES_SERVICE_HOST", None)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop(), the process outlives this call
@@ -91,6 +95,20 @@ class ControllerProcess:
         count = _sample(text, "agent_controller_sweep_duration_seconds_count")
         total = _sample(text, "agent_controller_sweep_duration_seconds_sum")
         return count, total
+
+    def kill(self) -> None:
+        """SIGKILL: the controller dies at whatever line it was on (the chaos run)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def signal(self, sig: int) -> None:
+        """SIGSTOP / SIGCONT (a paused replica)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 2.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` (a failsafe: the controller exits at once): the bench

@@ -196,3 +196,53 @@ def test_terminal_phase_is_final_in_the_api(api, ns):
     api.patch_agent(ns, "fin", {"status": {"message": "still fine"}}, status=True)
     assert json.dumps(api.agent(ns, "fin")["status"]["phase"]) == '"Completed"'
 
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A size-limited file system (a 4 MiB tmpfs) for the archive; skips where none can be mounted."""
+    import subprocess
+
+    volume = tmp_path / "small-volume"
+    volume.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(volume)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield volume
+    subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
+
+
+def test_a_full_volume_keeps_the_pod_until_the_archive_is_written(api, ns, make_controller, small_volume):
+    """The archive volume fills up while the agent runs (ENOSPC, not a permission: the controller
+    may run as root): the pod — and the node's copy of its log — is kept while the cleanup retries,
+    and once there is room again the archive holds every byte, complete (found by the chaos run)."""
+    from bench.chaos import fill_volume
+    from controller.nodesim import generate_output
+
+    make_controller(archive_dir=small_volume)
+    created = api.create_agent(ns, "full", {"image": "agent:1", "podTemplate": {"metadata": {"annotations": {
+        "sim.agentcontroller.dev/script": json.dumps({"steps": [{"write": {"bytes": 20_000, "lineBytes": 100}},
+                                                               {"sleep": 3600}]})}}}})
+    uid = created["metadata"]["uid"]
+    wait_for(running(api, ns, "full"))
+    filler = small_volume / "filler"
+    fill_volume(filler)
+    api.patch_agent(ns, "full", {"status": {"phase": "Completed"}}, status=True)
+
+    def retrying():
+        c = api.agent(ns, "full")["status"].get("cleanup") or {}
+        return c.get("state") == "Retrying" and c.get("errors") and c
+    c = wait_for(retrying, message="Retrying on the full volume")
+    assert "No space left on device" in c["errors"][-1], c["errors"]
+    pod = api.pod(ns, "full")
+    assert pod is not None and pod["metadata"].get("deletionTimestamp") is None   # data first: pod kept
+    filler.unlink()
+    agent = wait_for(lambda: (a := api.agent(ns, "full")).get("status", {}).get("cleanup", {}).get("state")
+                     == "Succeeded" and a, timeout=120, message="cleaned up once there is room")
+    directory = small_volume / ns / "full" / uid
+    manifest = assert_manifest(directory)
+    entry = next(e for e in manifest["files"] if e["name"] == "agent.log")
+    assert entry["complete"] is True, entry
+    assert (directory / "agent.log").read_bytes() == generate_output(20_000, line_bytes=100)
+    assert leftovers(api, ns, SEL + uid) == {}
