@@ -24,7 +24,7 @@ from .scenarios import Env, Sizes, burst, idle, scale
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("anchor", "burst", "idle", "scale")
+PHASES = ("anchor", "burst", "idle", "scale", "chaos")
 DEFAULT_PHASES = ("burst", "idle", "scale")   # anchor: with --backend control-plane
 
 
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", default=None,
                    help=f"comma-separated subset of {','.join(PHASES)} (idle also measures the API cost; anchor "
                         "compares with kube-controller-manager's TTL-after-finished controller, on the control "
-                        f"plane only). Default: {','.join(DEFAULT_PHASES)}, and anchor first on the control plane")
+                        f"plane only; chaos: every fault at once, then the promise checked — runs alone, bench/chaos.py). "
+                        f"Default: {','.join(DEFAULT_PHASES)}, and anchor first on the control plane")
     p.add_argument("--backend", choices=("emulator", "control-plane"), default="emulator",
                    help="emulator (default): the in-process API emulator; control-plane: the project's real "
                         "kube-apiserver/etcd/controller-manager/scheduler (scripts/install-control-plane.sh) "
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true", help="keep controller logs and archives")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="profile the controller with py-spy during the burst (raw collapsed stacks into DIR)")
+    p.add_argument("--seed", type=int, default=1, help="the chaos phase's schedule (default %(default)s)")
+    p.add_argument("--kills", type=int, default=20, help="the chaos phase's controller SIGKILLs (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -91,6 +94,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "anchor" in phases and args.backend != "control-plane":
         raise SystemExit("the anchor phase needs --backend control-plane (kube-controller-manager on the same "
                          "API server); emulator figures are no comparison")
+    if "chaos" in phases:
+        if phases != ["chaos"] or args.kubeconfig:
+            raise SystemExit("the chaos phase runs alone, on --backend emulator or control-plane (it builds, "
+                             "breaks and restarts its own world)")
+        return await run_chaos(args)
     workdir = make_workdir()
     stop_control_plane = None
     local = None
@@ -158,6 +166,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("anchor", "burst", "idle", "api", "scale"):
         result.setdefault(key, None)
     return strip_samples(result) | {"_samples": samples}
+
+
+async def run_chaos(args: argparse.Namespace) -> dict[str, Any]:
+    """The chaos phase (bench/chaos.py): N agents (default 1000; --quick: 30) through every fault."""
+    from .backends import calibration_ms
+    from .chaos import chaos_phase
+
+    agents = args.agents if args.agents is not None else (30 if args.quick else 1000)
+    workdir = make_workdir()
+    result: dict[str, Any] = {"backend": args.backend, "date": datetime.date.today().isoformat(),
+                              "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                              "quick": bool(args.quick), "machine": machine_info()}
+    began = time.monotonic()
+    try:
+        report = await chaos_phase(args.backend, workdir, agents, args.seed, kills=args.kills)
+    finally:
+        if args.keep_workdir:
+            result["workdir"] = str(workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report.pop("metrics", None)
+    result["chaos"] = report
+    log.info("chaos: %s", "OK" if report["ok"] else f"{len(report['violations'])} violations")
+    result["machine"]["calibration_ms_end"] = calibration_ms()
+    result["elapsed_seconds"] = round(time.monotonic() - began, 1)
+    for key in ("anchor", "burst", "idle", "api", "scale"):
+        result.setdefault(key, None)
+    return result | {"_samples": {}}
 
 
 def start_control_plane(workdir: Path, audit: bool = False, pods: int = 0) -> tuple[str, Any, Any]:

@@ -77,6 +77,21 @@ def markdown(result: dict[str, Any]) -> str:
                            ("API server CPU seconds", "apiserver_cpu_seconds"), ("all gone", "all_gone")):
             lines.append(f"| {label} | {anchor.get('ours_' + key)} | {anchor.get('theirs_' + key)} |")
         lines += ["", f"Theirs: {anchor.get('theirs_flags')}."]
+    chaos = result.get("chaos") or {}
+    if chaos:
+        f = chaos.get("figures") or {}
+        lines += ["", f"## Chaos: {f.get('agents')} agents, seed {f.get('seed')} — "
+                      f"**{'the promise held' if chaos.get('ok') else str(len(chaos.get('violations') or [])) + ' violations'}**",
+                  "", f"Endings: {f.get('endings')}.", "",
+                  f"Faults injected: {f.get('faults')}; controller SIGKILLs {f.get('kills')} "
+                  f"({f.get('kills_mid_cleanup')} mid-cleanup). Active {f.get('active_seconds')} s, quiescence "
+                  f"{f.get('quiescence_seconds')} s, {f.get('agents_per_second')} agents/s overall.", "",
+                  "| invariant / count | value |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted((chaos.get("counts") or {}).items())]
+        for note in f.get("notes") or []:
+            lines.append(f"\nNote: {note}")
+        for v in (chaos.get("violations") or [])[:50]:
+            lines.append(f"- {v}")
     burst = result.get("burst") or {}
     idle = result.get("idle") or {}
     if burst or idle:

@@ -183,9 +183,15 @@ class ApiProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         if "Authorization" not in request.headers and self.upstream.token:
             headers["Authorization"] = f"Bearer {self.upstream.token}"
-        upstream = await self._session.request(
-            request.method, request.path, params=request.query,
-            data=body or None, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
+        try:
+            upstream = await self._session.request(
+                request.method, request.path, params=request.query,
+                data=body or None, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
+        except (aiohttp.ClientConnectionError, OSError):
+            # The API server is not there (restarting): the caller's connection fails as it would.
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)
         try:
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():

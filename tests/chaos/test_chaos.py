@@ -1,0 +1,112 @@
+"""The chaos run (bench/chaos.py), small and seeded: every fault at once, then the promise checked
+— nothing leaked, every Agent cleaned up once, every archived byte what the container wrote (or
+marked lost where the SPEC allows it). No timed assertion: the run's waits are failsafes.
+
+And the harness itself: the outputs a broken controller would leave (one delete skipped, one
+archived byte flipped, a broken stream sealed as complete) must fail the check."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import chaos
+
+AGENTS = 40
+SEED = 11
+
+
+def _run(world: Any, plan: chaos.Plan, workdir: Path, **kw: Any) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        try:
+            return await chaos.run(world, plan, workdir, quiesce_timeout=600, **kw)
+        finally:
+            await world.client.close()
+    return asyncio.run(go())
+
+
+def test_a_seeded_chaos_run_leaks_nothing_and_loses_no_byte(backend_name: str, tmp_path: Path) -> None:
+    if backend_name == "control-plane":
+        from controller.controlplane import BinariesUnavailable, ensure_binaries
+        try:
+            ensure_binaries()
+        except BinariesUnavailable as exc:
+            pytest.skip(f"no control plane: {exc}")
+    world = chaos.make_world(backend_name, tmp_path, AGENTS)
+    try:
+        report = _run(world, chaos.make_plan(SEED, AGENTS, kills=6, active=45.0), tmp_path)
+    finally:
+        world.stop()
+    print(json.dumps(report["figures"], indent=1), json.dumps(report["counts"], indent=1))
+    assert report["violations"] == [], "\n".join(report["violations"])
+    figures, counts = report["figures"], report["counts"]
+    assert figures["kills"] >= 5 and figures["faults"]["api_server_restart"] == 1
+    assert figures["faults"]["node_lost"] == 1 and figures["faults"].get("leader_paused") == 1
+    assert counts["managed_objects_left"] == 0 and counts["archives"] == AGENTS
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "MANIFEST.json").read_text())
+
+
+def _reseal(directory: Path, data: bytes, complete: bool = True) -> None:
+    """agent.log replaced by ``data`` with a MANIFEST that agrees (as a broken controller writes it)."""
+    (directory / "agent.log").write_bytes(data)
+    manifest = _manifest(directory)
+    for e in manifest["files"]:
+        if e["name"] == "agent.log":
+            e.update(size=len(data), sha256=hashlib.sha256(data).hexdigest(), complete=complete)
+            e.pop("missing", None)
+    (directory / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
+    world = chaos.make_world("emulator", tmp_path, 9)
+    plan = chaos.make_plan(SEED, 9, kills=0, active=20.0, faults=False)
+
+    async def go() -> list[str]:
+        try:
+            report = await chaos.run(world, plan, tmp_path, quiesce_timeout=300, fault_rate=0)
+            assert report["violations"] == [], report["violations"]
+            ns, metrics = report["namespace"], report["metrics"]
+            found = []
+            root = world.archive / ns
+            victim = next(p for p in plan.agents if p.ending == "exit0")
+            directory = next((root / victim.name).iterdir())
+            original = (directory / "agent.log").read_bytes(), (directory / "MANIFEST.json").read_bytes()
+            assert len(original[0]) > 10
+
+            # one archived byte flipped (its MANIFEST agreeing)
+            flipped = bytearray(original[0])
+            flipped[5] ^= 0x01
+            _reseal(directory, bytes(flipped))
+            found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            # a broken stream sealed as complete: the end of the log missing, claimed complete
+            _reseal(directory, original[0][: len(original[0]) // 2])
+            found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            (directory / "agent.log").write_bytes(original[0])
+            (directory / "MANIFEST.json").write_bytes(original[1])
+            assert (await chaos.check(world, world.client, ns, plan, metrics))["violations"] == []
+            # one delete skipped: a credential of the agent left behind
+            uid = directory.name
+            await world.client.call("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
+                "apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": f"{victim.name}-agent", "labels": {
+                    "app.kubernetes.io/managed-by": "agent-controller", "agentcontroller.dev/agent-uid": uid}}})
+            found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            return ["\n".join(r["violations"]) for r in found]
+        finally:
+            await world.client.close()
+
+    try:
+        flipped, sealed, leaked = asyncio.run(go())
+    finally:
+        world.stop()
+    assert "sealed complete but differs" in flipped
+    assert "sealed complete but differs" in sealed
+    assert "managed objects left: {'serviceaccount'" in leaked
