@@ -131,7 +131,9 @@ def agent_spec(p: AgentPlan, lost_node: dict[str, Any]) -> dict[str, Any]:
     steps: list[dict[str, Any]] = [write]
     annotations: dict[str, str] = {}
     spec: dict[str, Any] = {"image": "chaos/agent:1", "prompt": f"chaos prompt of {p.name}\n",
-                            "cleanup": {"gracePeriodSeconds": 2, "logTimeoutSeconds": 5}}
+                            # logTimeoutSeconds longer than the API server's absence: logs the
+                            # node keeps are then never given up (a lost node's are, after 2 s).
+                            "cleanup": {"gracePeriodSeconds": 2, "logTimeoutSeconds": 30}}
     if p.ending == "report":
         steps += [{"sleep": wait}, {"report": {"phase": "Completed"}}, {"sleep": 3600}]
     elif p.ending in ("exit0", "exit1"):
