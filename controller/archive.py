@@ -246,6 +246,12 @@ class PendingArchive:
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
 
+    def never_read(self, filename: str, entry: dict[str, Any]) -> None:
+        """A log that existed and could not be read at all: an empty file, and its MANIFEST entry
+        (`entry`: container, previous, missing, detail) saying so. Blocking."""
+        self.open(filename)
+        self.logs[filename] = {**entry, "complete": False}
+
     def write_file(self, filename: str, data: bytes) -> None:
         handle = self.open(filename)
         try:

@@ -250,11 +250,14 @@ async def archive_and_stop(rt: Runtime, attempt: Attempt, pods: list[dict[str, A
         return None
     meta = attempt.meta
     directory = rt.archive.agent_dir(meta["namespace"], meta["name"], meta["uid"])
-    output = (attempt.agent.get("status") or {}).get("output") or {}
+    status = attempt.agent.get("status") or {}
+    output = status.get("output") or {}
     expected = {POD_CONTAINER: int(output["bytes"])} if isinstance(output.get("bytes"), int) else None
+    # Its pod existed and is gone: its log is recorded as lost unless something read it.
+    gone = ((POD_CONTAINER, False),) if not pods and (status.get("podName") or status.get("startTime")) else ()
     return await archive_and_stop_pods(rt, directory, pods, grace, extra_files=lambda: agent_files(attempt),
                                        log_timeout=spec.cleanup.log_timeout_seconds, expected=expected,
-                                       live=rt.captures.pop(meta["uid"], None))
+                                       live=rt.captures.pop(meta["uid"], None), gone_logs=gone)
 
 
 async def delete_and_verify(rt: Runtime, attempt: Attempt, found: Children) -> dict[str, list[str]]:

@@ -61,6 +61,15 @@ class LiveCapture:
         self.pending: PendingArchive | None = None
         self.captures: dict[tuple[str, bool], tuple[Capture, asyncio.Task[None]]] = {}
         self.ready = asyncio.Event()
+        self.deadline = float("inf")      # for the log being opened; the cleanup sets its log timeout
+        self.opening: Capture | None = None
+
+    def end_by(self, deadline: float) -> None:
+        """From now on (the cleanup has begun) a log the node does not serve is waited for until
+        `deadline` only: a capture begun while the pod ran waits no longer than one begun now."""
+        self.deadline = deadline
+        if self.opening is not None:
+            self.opening.deadline = deadline
 
     def cancel(self) -> list[asyncio.Task[None]]:
         """Stop reading (the in-progress files stay: a later run resumes them); the tasks to await."""
@@ -91,9 +100,10 @@ def start_capture(rt: Runtime, agent: Mapping[str, Any], pod: Mapping[str, Any])
             if live.pending is None:
                 return
             for container, previous in _logs_of(pod):
-                capture = Capture(rt, live.pending, pod, container, previous, deadline=float("inf"))
+                capture = live.opening = Capture(rt, live.pending, pod, container, previous, live.deadline)
                 if await capture.open():
                     live.captures[(container, previous)] = (capture, asyncio.create_task(capture.run()))
+                live.opening = None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the cleanup reads the logs itself (and reports)
@@ -112,14 +122,19 @@ def start_capture(rt: Runtime, agent: Mapping[str, Any], pod: Mapping[str, Any])
 async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[str, Any]], grace: int,
                                 extra_files: ExtraFiles, log_timeout: float = DEFAULT_LOG_TIMEOUT,
                                 expected: Mapping[str, int] | None = None,
-                                live: LiveCapture | None = None) -> ArchiveResult:
+                                live: LiveCapture | None = None,
+                                gone_logs: tuple[tuple[str, bool], ...] = ()) -> ArchiveResult:
     """Archive the logs of `pods` into `directory` while stopping them; returns the sealed archive.
 
     `log_timeout`: how long logs the node cannot serve (kubelet unreachable) are waited for before
     they are recorded as lost and the pods are stopped anyway. `expected`: bytes the agent's own
     process reported writing, by container (`status.output`), to check the capture against.
-    `live`: what was captured while the pod ran (start_capture); its streams go on here."""
+    `live`: what was captured while the pod ran (start_capture); its streams go on here.
+    `gone_logs`: (container, previous) logs a pod no longer there had: any that nothing read is
+    recorded as lost (`pod_gone`), not left out."""
+    deadline = asyncio.get_running_loop().time() + max(0.0, log_timeout)
     if live is not None:
+        live.end_by(deadline)       # a log still being opened (the node not answering) waits no longer
         await live.ready.wait()
 
     def prepare() -> PendingArchive | None:
@@ -133,7 +148,6 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
             live.cancel()
         await stop_pods(rt, pods, grace)
         return await asyncio.to_thread(rt.archive.existing, directory)
-    deadline = asyncio.get_running_loop().time() + max(0.0, log_timeout)
     adopted = dict(live.captures) if live is not None else {}
     captures: list[Capture] = []
     pumps: list[asyncio.Task[None]] = []
@@ -200,6 +214,13 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
                 log.warning("log %s/%s of %s is incomplete (%s)%s", capture.container,
                             "previous" if capture.previous else "current", capture.pod_name, capture.missing,
                             f": {capture.detail}" if capture.detail else "")
+        for container, previous in gone_logs:
+            filename = log_filename(container, previous)
+            if filename not in pending.logs and filename not in pending.salvaged:
+                detail = "the pod was gone before any of its log could be read"
+                await asyncio.to_thread(pending.never_read, filename, {
+                    "container": container, "previous": previous, "missing": "pod_gone", "detail": detail})
+                log.warning("log %s of %s is lost (pod_gone): %s", filename, directory.name, detail)
 
         def finish() -> ArchiveResult:
             files = extra_files() if callable(extra_files) else extra_files   # (agent.json: made here)

@@ -227,3 +227,22 @@ def test_an_unreachable_node_is_given_log_timeout_then_torn_down(api, ns, contro
     assert (cleanup["logsComplete"], cleanup["logsArchived"], cleanup["podDeleted"]) == (False, False, True)
     assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
     assert incomplete(controller)["kubelet_unreachable"] == 1
+
+
+def test_a_pod_gone_before_anything_read_its_log_is_recorded_as_lost(api, ns, make_controller, archive_dir):
+    # The controller was away while the agent's pod ran and vanished (as its status, written before,
+    # says): nothing read its log. The archive has an empty agent.log marked `pod_gone`, and
+    # logsArchived is false — the log is not left out as if there had been none.
+    api.create_agent(ns, "unread", {"image": "agent:1"})
+    api.patch_agent(ns, "unread", {"status": {"phase": "Running", "reason": "PodRunning", "podName": "unread",
+                                              "startTime": "2026-01-01T00:00:00Z"}}, status=True)
+    controller = make_controller()
+    agent = wait_for(cleaned(api, ns, "unread"), timeout=120)
+    assert (agent["status"]["phase"], agent["status"]["reason"]) == ("Error", "PodLost")
+    directory = archive_path(archive_dir, agent)
+    entry = agent_entry(assert_manifest(directory))
+    assert (entry["complete"], entry["missing"], entry["size"]) == (False, "pod_gone", 0)
+    assert (directory / "agent.log").read_bytes() == b""
+    cleanup = agent["status"]["cleanup"]
+    assert (cleanup["logsArchived"], cleanup["logsComplete"]) == (False, False)
+    assert incomplete(controller)["pod_gone"] == 1

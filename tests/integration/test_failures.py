@@ -34,6 +34,28 @@ def test_server_error_on_pod_delete_is_retried(api, ns, cluster, controller):
     assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
 
 
+def test_a_log_the_api_never_serves_is_given_log_timeout_then_torn_down(api, ns, cluster, controller,
+                                                                        archive_dir):
+    # Every log request of the agent's pod answered 500 (as for a node lost before the controller's
+    # first look at its running pod): the capture begun while it runs never gets a stream, and the
+    # cleanup gives it cleanup.logTimeoutSeconds, as any log the node cannot serve, instead of
+    # waiting for it forever (found by the chaos run).
+    cluster.faults.inject(verb="get", resource="pods/log", namespace=ns, status=500, times=None)
+    try:
+        api.create_agent(ns, "nolog", {"image": "agent:1", "env": script([{"log": "x\n"}, {"sleep": 3600}]),
+                                       "cleanup": {"logTimeoutSeconds": 1, "gracePeriodSeconds": 0}})
+        wait_for(running(api, ns, "nolog"))
+        api.patch_agent(ns, "nolog", {"spec": {"terminate": True}})
+        agent = wait_for(cleaned(api, ns, "nolog"), timeout=120)
+    finally:
+        cluster.faults.clear()
+    manifest = assert_manifest(archive_path(archive_dir, agent))
+    entry = next(e for e in manifest["files"] if e["name"] == "agent.log")
+    assert (entry["complete"], entry["missing"]) == (False, "kubelet_unreachable")
+    assert agent["status"]["cleanup"]["logsComplete"] is False
+    assert leftovers(api, ns, SEL + agent["metadata"]["uid"]) == {}
+
+
 def test_handler_failure_is_an_event_on_the_agent(api, ns, cluster, controller):
     """`kubectl describe agent` shows why it is stuck: kopf's retried handler failure is a Warning Event."""
     cluster.faults.inject(verb="create", resource="pods", namespace=ns, status=500, times=6)  # > client retries
