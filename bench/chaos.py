@@ -659,6 +659,11 @@ async def check(world: World, client: Client, ns: str, plan: Plan, metrics: str)
         finals = [u for u in uids if not u.startswith(".")]
         if temps:
             violations.append(f"{name}: temporary directories left: {temps}")
+        if not finals and p.ending == "delete" and a is None and not _ran(world, ns, name):
+            # Deleted before any controller saw it (its finalizer patch failed, the leader away):
+            # no pod ever ran, nothing to archive, nothing left (checked above).
+            counts["deleted_before_its_pod_ran"] += 1
+            continue
         if len(finals) != 1:
             violations.append(f"{name}: {len(finals)} archives")
             counts["agents_without_one_archive"] += 1
@@ -692,10 +697,7 @@ def _check_archive(world: World, ns: str, p: AgentPlan, directory: Path, counts:
             counts["manifest_mismatches"] += 1
             bad.append(f"{p.name}: {e['name']} does not match its MANIFEST entry")
     entry = next((e for e in manifest["files"] if e["name"] == "agent.log"), None)
-    try:
-        written = world.written(ns, p.name)
-    except Exception:  # noqa: BLE001 - the node has no record of it (KeyError, or the emulator's 404)
-        written = b""                     # its pod never ran
+    written = _written(world, ns, p.name)
     if entry is None:
         if written:
             counts["logs_missing"] += 1
@@ -722,7 +724,12 @@ def _check_archive(world: World, ns: str, p: AgentPlan, directory: Path, counts:
         missing = entry.get("missing")
         counts[f"logs_incomplete_{missing}"] += 1
         counts["bytes_marked_lost"] += max(0, len(written) - len(archived))
-        if missing == KILLED_DURING_GRACE and missing not in ALLOWED_MISSING.get(p.ending, set()) \
+        if archived == written:
+            # Marked incomplete although every byte is there: the end could not be confirmed (the
+            # pod gone right after a stream that ended, with the node unanswering earlier). The
+            # archive claims less than it holds, never more (§4): no loss; counted apart.
+            counts["logs_whole_but_not_confirmed"] += 1
+        elif missing == KILLED_DURING_GRACE and missing not in ALLOWED_MISSING.get(p.ending, set()) \
                 and written.startswith(archived):
             counts["logs_cut_by_a_kill_during_grace"] += 1
         elif missing not in ALLOWED_MISSING.get(p.ending, set()) | ANY_AGENT_MAY_MISS:
@@ -732,6 +739,21 @@ def _check_archive(world: World, ns: str, p: AgentPlan, directory: Path, counts:
             counts["logs_with_foreign_or_repeated_bytes"] += 1
             bad.append(f"{p.name}: the incomplete agent.log holds bytes twice or not written")
     return bad
+
+
+def _written(world: World, ns: str, name: str) -> bytes:
+    try:
+        return world.written(ns, name)
+    except Exception:  # noqa: BLE001 - the node has no record of it (KeyError, or the emulator's 404)
+        return b""                        # its pod never ran
+
+
+def _ran(world: World, ns: str, name: str) -> bool:
+    try:
+        world.written(ns, name)
+    except Exception:  # noqa: BLE001 - as above
+        return False
+    return True
 
 
 def _gauge(metrics: str) -> dict[str, float]:

@@ -3,7 +3,8 @@
 marked lost where the SPEC allows it). No timed assertion: the run's waits are failsafes.
 
 And the harness itself: the outputs a broken controller would leave (one delete skipped, one
-archived byte flipped, a broken stream sealed as complete) must fail the check."""
+archived byte flipped, a broken stream sealed as complete, a loss given a reason the SPEC does
+not allow there) must fail the check; a whole log marked incomplete passes (counted apart)."""
 
 from __future__ import annotations
 
@@ -47,21 +48,25 @@ def test_a_seeded_chaos_run_leaks_nothing_and_loses_no_byte(backend_name: str, t
     figures, counts = report["figures"], report["counts"]
     assert figures["kills"] >= 5 and figures["faults"]["api_server_restart"] == 1
     assert figures["faults"]["node_lost"] == 1 and figures["faults"].get("leader_paused") == 1
-    assert counts["managed_objects_left"] == 0 and counts["archives"] == AGENTS
+    assert counts["managed_objects_left"] == 0
+    assert counts["archives"] + counts.get("deleted_before_its_pod_ran", 0) == AGENTS
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / "MANIFEST.json").read_text())
 
 
-def _reseal(directory: Path, data: bytes, complete: bool = True) -> None:
-    """agent.log replaced by ``data`` with a MANIFEST that agrees (as a broken controller writes it)."""
+def _reseal(directory: Path, data: bytes, missing: str | None = None) -> None:
+    """agent.log replaced by ``data`` with a MANIFEST that agrees (as a broken controller writes it),
+    complete or marked ``missing``."""
     (directory / "agent.log").write_bytes(data)
     manifest = _manifest(directory)
     for e in manifest["files"]:
         if e["name"] == "agent.log":
-            e.update(size=len(data), sha256=hashlib.sha256(data).hexdigest(), complete=complete)
+            e.update(size=len(data), sha256=hashlib.sha256(data).hexdigest(), complete=missing is None)
             e.pop("missing", None)
+            if missing is not None:
+                e["missing"] = missing
     (directory / "MANIFEST.json").write_text(json.dumps(manifest))
 
 
@@ -73,6 +78,7 @@ def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
         try:
             report = await chaos.run(world, plan, tmp_path, quiesce_timeout=300, fault_rate=0)
             assert report["violations"] == [], report["violations"]
+            unconfirmed = report["counts"].get("logs_whole_but_not_confirmed", 0)
             ns, metrics = report["namespace"], report["metrics"]
             found = []
             root = world.archive / ns
@@ -89,6 +95,13 @@ def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
             # a broken stream sealed as complete: the end of the log missing, claimed complete
             _reseal(directory, original[0][: len(original[0]) // 2])
             found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            # the same loss marked as a lost node, on an agent whose node stayed
+            _reseal(directory, original[0][: len(original[0]) // 2], missing="kubelet_unreachable")
+            found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            # every byte there but marked incomplete (an end that could not be confirmed): no loss
+            _reseal(directory, original[0], missing="kubelet_unreachable")
+            whole = await chaos.check(world, world.client, ns, plan, metrics)
+            assert whole["violations"] == [] and whole["counts"]["logs_whole_but_not_confirmed"] == unconfirmed + 1
             (directory / "agent.log").write_bytes(original[0])
             (directory / "MANIFEST.json").write_bytes(original[1])
             assert (await chaos.check(world, world.client, ns, plan, metrics))["violations"] == []
@@ -104,9 +117,10 @@ def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
             await world.client.close()
 
     try:
-        flipped, sealed, leaked = asyncio.run(go())
+        flipped, sealed, mislabelled, leaked = asyncio.run(go())
     finally:
         world.stop()
     assert "sealed complete but differs" in flipped
     assert "sealed complete but differs" in sealed
+    assert "log incomplete (kubelet_unreachable): not a loss the SPEC allows" in mislabelled
     assert "managed objects left: {'serviceaccount'" in leaked
