@@ -11,8 +11,8 @@ See docs/ARCHITECTURE.md ("devcluster: the contract")::
     cluster.stop()
 """
 
+from .errors import ApiError
 from .faults import Fault, Faults
 from .server import DevCluster
-from .store import ApiError
 
 __all__ = ["ApiError", "DevCluster", "Fault", "Faults"]

@@ -53,9 +53,11 @@ from typing import Any
 
 import cel
 
+from .errors import ApiError, Cause, ferr
 from .rbac import Attributes
+from .resources import ResourceType
 from .schema import _EXT_BY_SHORT, _EXT_FUNCS, SchemaError, _clean_cel_error, _compile
-from .store import ApiError, Cause, ResourceType, Store, ferr
+from .store import Store
 
 __all__ = ["ADMISSION_GROUP", "POLICIES", "POLICY_BINDINGS", "ValidatingAdmission"]
 

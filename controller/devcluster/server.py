@@ -30,22 +30,13 @@ from aiohttp import web
 
 from . import tables
 from .admission import ValidatingAdmission
+from .codec import dumps, loads, now_rfc3339
+from .errors import ApiError, bad_request
 from .faults import Fault, Faults
 from .rbac import Attributes, Authorizer, UserInfo
-from .store import (
-    BOOKMARK,
-    ERROR,
-    ApiError,
-    FieldSelector,
-    LabelSelector,
-    ResourceType,
-    Store,
-    Watcher,
-    bad_request,
-    dumps,
-    loads,
-    now_rfc3339,
-)
+from .resources import ResourceType
+from .selectors import FieldSelector, LabelSelector
+from .store import BOOKMARK, ERROR, Store, Watcher
 
 __all__ = ["ApiError", "ApiServer", "DevCluster"]
 

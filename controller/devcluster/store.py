@@ -1,4 +1,4 @@
-"""Object store and API semantics of the devcluster Kubernetes API emulator.
+"""Object store and API semantics of the devcluster Kubernetes API emulator: the generic store.
 
 Everything here runs on the server's event-loop thread and is synchronous: one write is atomic
 (no ``await`` inside), so the store needs no locks. The HTTP layer (``server.py``) and the
@@ -14,620 +14,47 @@ Design (for speed):
 * O(1) indexes: by namespace, by label (key, value), by uid, by owner uid.
 
 API semantics follow kube-apiserver: generateName, AlreadyExists/Conflict/NotFound/Invalid,
-optimistic concurrency, status subresource, generation, finalizers and deletionTimestamp,
-graceful pod deletion, owner-reference garbage collection (Background/Foreground/Orphan),
-namespace and CRD termination, CRD registration with structural schemas (``schema.py``).
+optimistic concurrency, status subresource, generation, finalizers and deletionTimestamp, chunked
+lists, watches. What differs by kind — pod validation and graceful deletion, namespaces, RBAC
+objects, CRDs and custom resources — is in the kinds' strategies (``registry/``), which the store
+looks up by resource; the garbage collector is ``registry/gc.py``. Errors are ``errors.py``,
+selectors ``selectors.py``, resource types ``resources.py``, ObjectMeta validation ``meta.py``, the
+JSON codec ``codec.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
-import copy
-import functools
 import json
 import random
-import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import registry
+from .codec import dumps, loads, now_rfc3339
+from .errors import (
+    MISSING,
+    ApiError,
+    already_exists,
+    bad_request,
+    conflict,
+    ferr,
+    invalid,
+    not_found,
+    precondition_conflict,
+    status_details,
+)
+from .meta import GEN_ALPHABET, validate_meta
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-
-try:  # orjson is several times faster; the stdlib is the fallback
-    import orjson as _orjson
-
-    def dumps(obj: Any) -> bytes:
-        """Compact JSON encoding (bytes). orjson stops at 254 levels of nesting, which the API server
-        accepts: such objects (and only those) take the stdlib path."""
-        try:
-            return _orjson.dumps(obj)
-        except _orjson.JSONEncodeError as exc:
-            if "Recursion limit" not in str(exc):
-                raise
-            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-    def loads(data: bytes | str) -> Any:
-        """JSON decoding."""
-        return _orjson.loads(data)
-
-except ImportError:  # pragma: no cover
-
-    def dumps(obj: Any) -> bytes:
-        """Compact JSON encoding (bytes)."""
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-    def loads(data: bytes | str) -> Any:
-        """JSON decoding."""
-        return json.loads(data)
-
-
-try:
-    from .schema import StructuralSchema
-except ImportError:  # pragma: no cover - the schema module is developed separately
-    StructuralSchema = None  # type: ignore[assignment,misc]
-
-try:
-    from .rbac import Attributes, Authorizer, UserInfo
-except ImportError:  # pragma: no cover
-    Attributes = Authorizer = UserInfo = None  # type: ignore[assignment,misc]
-
+from .registry import gc, namespaces
+from .resources import ResourceType, builtin_types, version_priority
+from .selectors import FieldSelector, LabelSelector
 
 ADDED, MODIFIED, DELETED, BOOKMARK, ERROR = "ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"
-STANDARD_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
-STATUS_VERBS = ("get", "patch", "update")
-CRD_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
-NODE_NAME = "devcluster-node"
-_MISSING: Any = object()
-
-
-def clone(obj: Any) -> Any:
-    """A deep copy of a JSON value (through the JSON codec: faster than copy.deepcopy)."""
-    return loads(dumps(obj))
-
-
-def now_rfc3339(t: float | None = None) -> str:
-    """RFC 3339 timestamp with second precision, like metav1.Time."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
-
-
-def now_micro(t: float | None = None) -> str:
-    """RFC 3339 timestamp with microseconds, like metav1.MicroTime."""
-    t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1e6):06d}Z"
-
-
-def parse_time(s: str) -> float | None:
-    """Parse an RFC 3339 timestamp to epoch seconds (None if unparsable)."""
-    import datetime as _dt
-
-    try:
-        return _dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-    except (ValueError, AttributeError):
-        return None
-
-
-# ------------------------------------------------------------------------------------------
-# errors
-
-
-class ApiError(Exception):
-    """An error answered as a k8s ``Status`` object."""
-
-    def __init__(
-        self,
-        code: int,
-        reason: str,
-        message: str,
-        details: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
-
-    def status(self) -> dict[str, Any]:
-        """The ``Status`` object of this error."""
-        st: dict[str, Any] = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if not self.reason:
-            del st["reason"]     # an unclassified error (e.g. a kubelet the API server cannot reach)
-        if self.details is not None:
-            st["details"] = self.details
-        return st
-
-
-def _details(rt: ResourceType | None, name: str | None) -> dict[str, Any]:
-    d: dict[str, Any] = {}
-    if name:
-        d["name"] = name
-    if rt is not None:
-        if rt.group:
-            d["group"] = rt.group
-        d["kind"] = rt.plural
-    return d
-
-
-def not_found(rt: ResourceType, name: str) -> ApiError:
-    """404 NotFound for ``name`` of ``rt``."""
-    return ApiError(404, "NotFound", f'{rt.qualified} "{name}" not found', _details(rt, name))
-
-
-def already_exists(rt: ResourceType, name: str) -> ApiError:
-    """409 AlreadyExists."""
-    return ApiError(409, "AlreadyExists", f'{rt.qualified} "{name}" already exists', _details(rt, name))
-
-
-def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
-    """409 Conflict (optimistic concurrency / preconditions)."""
-    return ApiError(
-        409, "Conflict", f'Operation cannot be fulfilled on {rt.qualified} "{name}": {why}', _details(rt, name)
-    )
-
-
-def precondition_conflict(rt: ResourceType, name: str, why: str) -> ApiError:
-    """409 Conflict of a DELETE whose preconditions do not hold. kube-apiserver's rest.BeforeDelete
-    names the Kind here, not the resource: ``Operation cannot be fulfilled on ConfigMap "x": ...``
-    (``Agent.agentcontroller.dev`` for a custom resource), and so do the details."""
-    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
-    details: dict[str, Any] = {"name": name, **({"group": rt.group} if rt.group else {}), "kind": rt.kind}
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind} "{name}": {why}', details)
-
-
-def bad_request(message: str) -> ApiError:
-    """400 BadRequest."""
-    return ApiError(400, "BadRequest", message)
-
-
-def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
-    """403 Forbidden."""
-    target = f'{rt.qualified} "{name}"' if name else rt.qualified
-    return ApiError(403, "Forbidden", f"{target} is forbidden: {why}", _details(rt, name))
-
-
-@dataclass
-class Cause:
-    """One field error of a 422 Invalid answer."""
-
-    field: str
-    type: str
-    message: str  # full text "field: detail"
-
-
-def _cause_text(type_: str) -> str:
-    return {
-        "FieldValueRequired": "Required value",
-        "FieldValueInvalid": "Invalid value",
-        "FieldValueNotSupported": "Unsupported value",
-        "FieldValueDuplicate": "Duplicate value",
-        "FieldValueNotFound": "Not found",
-        "FieldValueForbidden": "Forbidden",
-        "FieldValueTooLong": "Too long",
-        "FieldValueTooMany": "Too many",
-        "FieldValueTypeInvalid": "Invalid value",
-    }.get(type_, "Invalid value")
-
-
-def _q(v: Any) -> str:
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
-def ferr(path: str, type_: str, value: Any = _MISSING, detail: str = "") -> Cause:
-    """Build a field error with the kube text, e.g. ``spec.x: Invalid value: "v": detail``."""
-    text = f"{path}: {_cause_text(type_)}"
-    if value is not _MISSING and type_ not in ("FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong"):
-        text += f": {_q(value)}"
-    if detail:
-        text += f": {detail}"
-    return Cause(path, type_, text)
-
-
-def invalid(rt: ResourceType, name: str, causes: list[Any]) -> ApiError:
-    """422 Invalid with ``details.causes``; ``causes`` are :class:`Cause` or schema FieldErrors."""
-    msgs = [c.message for c in causes]
-    joined = msgs[0] if len(msgs) == 1 else "[" + ", ".join(msgs) + "]"
-    kind = rt.kind + ("." + rt.group if rt.group else "")
-    out_causes = []
-    for c in causes:
-        m = c.message
-        prefix = f"{c.field}: "
-        if c.field and m.startswith(prefix):
-            m = m[len(prefix) :]
-        out_causes.append({"reason": c.type, "message": m, "field": c.field})
-    details: dict[str, Any] = {"name": name, "kind": rt.kind, "causes": out_causes}
-    if rt.group:
-        details["group"] = rt.group
-    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {joined}', details)
-
-
-# ------------------------------------------------------------------------------------------
-# selectors
-
-
-_SET_RE = re.compile(r"^\s*([^\s!=<>,()]+)\s+(in|notin)\s*\((.*)\)\s*$")
-_OP_RE = re.compile(r"^\s*([^\s!=<>,()]+)\s*(==|=|!=|>|<)\s*([^\s,()]*)\s*$")
-_EXISTS_RE = re.compile(r"^\s*(!?)\s*([^\s!=<>,()]+)\s*$")
-
-
-def _split_top(s: str) -> list[str]:
-    parts: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for ch in s:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return [p for p in parts if p.strip()]
-
-
-class LabelSelector:
-    """A parsed label selector (``a=b,c!=d,e in (x,y),f notin (z),g,!h``)."""
-
-    __slots__ = ("reqs", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.reqs: list[tuple[str, str, tuple[str, ...]]] = []
-        for part in _split_top(text):
-            m = _SET_RE.match(part)
-            if m:
-                vals = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
-                self.reqs.append((m.group(1), m.group(2), vals))
-                continue
-            m = _OP_RE.match(part)
-            if m:
-                op = {"==": "=", "=": "="}.get(m.group(2), m.group(2))
-                if op in (">", "<"):
-                    try:
-                        int(m.group(3))
-                    except ValueError:
-                        raise bad_request(
-                            "unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer"
-                        ) from None
-                self.reqs.append((m.group(1), op, (m.group(3),)))
-                continue
-            m = _EXISTS_RE.match(part)
-            if m:
-                self.reqs.append((m.group(2), "!" if m.group(1) else "exists", ()))
-                continue
-            raise bad_request(f"unable to parse requirement: found '{part.strip()}', expected: in, notin, =, ==, !=, gt, lt")
-
-    def matches(self, labels: dict[str, str] | None) -> bool:
-        """Whether ``labels`` satisfy every requirement."""
-        labels = labels or {}
-        for key, op, vals in self.reqs:
-            v = labels.get(key)
-            if op == "=":
-                if v != vals[0]:
-                    return False
-            elif op == "!=":
-                if v == vals[0]:
-                    return False
-            elif op == "in":
-                if v is None or v not in vals:
-                    return False
-            elif op == "notin":
-                if v is not None and v in vals:
-                    return False
-            elif op == "exists":
-                if v is None:
-                    return False
-            elif op == "!":
-                if v is not None:
-                    return False
-            elif op in (">", "<"):
-                try:
-                    iv = int(v) if v is not None else None
-                except ValueError:
-                    return False
-                if iv is None or (op == ">" and not iv > int(vals[0])) or (op == "<" and not iv < int(vals[0])):
-                    return False
-        return True
-
-    def index_candidates(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Requirements that can be answered from the label index (key, allowed values)."""
-        return [(k, vals) for k, op, vals in self.reqs if op in ("=", "in")]
-
-
-def _get_path(obj: dict[str, Any], dotted: str) -> Any:
-    cur: Any = obj
-    for p in dotted.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(p)
-    return cur
-
-
-class FieldSelector:
-    """A parsed field selector (``metadata.name=x,status.phase!=Running``)."""
-
-    __slots__ = ("reqs", "text")
-
-    def __init__(self, text: str, allowed: Iterable[str]) -> None:
-        self.text = text
-        self.reqs: list[tuple[str, bool, str]] = []
-        allowed = tuple(allowed)
-        for part in _split_top(text):
-            m = re.match(r"^\s*([^=!\s]+)\s*(==|=|!=)\s*(.*?)\s*$", part)
-            if not m:
-                raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
-            key = m.group(1)
-            if key not in allowed:
-                raise bad_request(
-                    f'"{key}" is not a known field selector: only "' + '", "'.join(allowed) + '"'
-                )
-            self.reqs.append((key, m.group(2) != "!=", m.group(3)))
-
-    def name(self) -> str | None:
-        """The ``metadata.name=`` value, if the selector pins one."""
-        for key, eq, val in self.reqs:
-            if key == "metadata.name" and eq:
-                return val
-        return None
-
-    def matches(self, obj: dict[str, Any]) -> bool:
-        """Whether ``obj`` satisfies every requirement."""
-        for key, eq, val in self.reqs:
-            v = _get_path(obj, key)
-            if isinstance(v, bool):
-                v = "true" if v else "false"
-            elif v is None:
-                v = ""
-            elif not isinstance(v, str):
-                v = str(v)
-            if (v == val) != eq:
-                return False
-        return True
-
-
-# ------------------------------------------------------------------------------------------
-# resource types
-
-
-@dataclass(eq=False)
-class ResourceType:
-    """One served resource (group, version, plural) and how it behaves."""
-
-    group: str
-    version: str
-    plural: str
-    singular: str
-    kind: str
-    namespaced: bool
-    short_names: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
-    verbs: tuple[str, ...] = STANDARD_VERBS
-    subresources: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    storage_group: str | None = None  # bucket (group, plural); default: own
-    storage_version: str | None = None  # apiVersion version objects are stored with
-    convert_out: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    convert_in: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    name_check: str = "subdomain"  # subdomain | label | path
-    return_deleted: bool = False
-    field_selectors: tuple[str, ...] = ()
-    crd: str | None = None  # name of the CRD that registered this type
-    schema: Any = None  # StructuralSchema for custom resources
-    printer_columns: list[dict[str, Any]] | None = None
-    virtual: bool = False  # create-only review APIs, never stored
-
-    @property
-    def api_version(self) -> str:
-        """``group/version`` or ``v1``."""
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def stored_api_version(self) -> str:
-        """The apiVersion objects are stored with."""
-        v = self.storage_version or self.version
-        g = self.storage_group if self.storage_group is not None else self.group
-        return f"{g}/{v}" if g else v
-
-    @property
-    def bucket_key(self) -> tuple[str, str]:
-        """Key of the storage bucket shared by all versions/views of this resource."""
-        return (self.storage_group if self.storage_group is not None else self.group, self.plural)
-
-    @property
-    def qualified(self) -> str:
-        """``plural.group`` (``pods`` for core), as used in error messages."""
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
-    @property
-    def view_key(self) -> str:
-        """Cache key of the serialised form of this view ("" when stored form is served)."""
-        return "" if (self.convert_out is None and self.api_version == self.stored_api_version) else self.api_version
-
-    @property
-    def status_subresource(self) -> bool:
-        """Whether writes of the main resource ignore ``status``."""
-        return "status" in self.subresources
-
-    @property
-    def list_kind(self) -> str:
-        """Kind of the list object."""
-        return self.kind + "List"
-
-    def to_view(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Stored form -> served form (a new dict if anything changes)."""
-        if self.convert_out is not None:
-            return self.convert_out(obj)
-        if obj.get("apiVersion") != self.api_version:
-            out = dict(obj)
-            out["apiVersion"] = self.api_version
-            return out
-        return obj
-
-    def from_view(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Served form -> stored form (in place when possible)."""
-        if self.convert_in is not None:
-            return self.convert_in(obj)
-        obj["apiVersion"] = self.stored_api_version
-        return obj
-
-
-_POD_FIELDS = (
-    "metadata.name",
-    "metadata.namespace",
-    "spec.nodeName",
-    "spec.restartPolicy",
-    "spec.schedulerName",
-    "spec.serviceAccountName",
-    "spec.hostNetwork",
-    "status.phase",
-    "status.podIP",
-    "status.nominatedNodeName",
-)
-_EVENT_FIELDS = (
-    "metadata.name",
-    "metadata.namespace",
-    "involvedObject.kind",
-    "involvedObject.namespace",
-    "involvedObject.name",
-    "involvedObject.uid",
-    "involvedObject.apiVersion",
-    "involvedObject.resourceVersion",
-    "involvedObject.fieldPath",
-    "reason",
-    "reportingComponent",
-    "source",
-    "type",
-)
-_EVENT_RENAMES = (
-    ("involvedObject", "regarding"),
-    ("message", "note"),
-    ("reportingComponent", "reportingController"),
-    ("source", "deprecatedSource"),
-    ("firstTimestamp", "deprecatedFirstTimestamp"),
-    ("lastTimestamp", "deprecatedLastTimestamp"),
-    ("count", "deprecatedCount"),
-)
-
-
-def _event_out(obj: dict[str, Any]) -> dict[str, Any]:
-    """core/v1 Event -> events.k8s.io/v1 Event."""
-    out = dict(obj)
-    out["apiVersion"] = "events.k8s.io/v1"
-    for core, new in _EVENT_RENAMES:
-        if core in out:
-            out[new] = out.pop(core)
-    return out
-
-
-def _event_in(obj: dict[str, Any]) -> dict[str, Any]:
-    """events.k8s.io/v1 Event -> core/v1 Event."""
-    out = dict(obj)
-    out["apiVersion"] = "v1"
-    for core, new in _EVENT_RENAMES:
-        if new in out:
-            out[core] = out.pop(new)
-    return out
-
-
-def builtin_types() -> list[ResourceType]:
-    """The built-in resources the emulator serves."""
-    rbac = "rbac.authorization.k8s.io"
-    return [
-        ResourceType(
-            "", "v1", "namespaces", "namespace", "Namespace", False, ("ns",),
-            verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
-            subresources={"status": STATUS_VERBS, "finalize": ("update",)},
-            name_check="label", return_deleted=True,
-            field_selectors=("metadata.name", "status.phase"),
-        ),
-        ResourceType(
-            "", "v1", "pods", "pod", "Pod", True, ("po",), ("all",),
-            subresources={"status": STATUS_VERBS, "log": ("get",)},
-            return_deleted=True, field_selectors=_POD_FIELDS,
-        ),
-        ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, ("cm",)),
-        ResourceType(
-            "", "v1", "secrets", "secret", "Secret", True,
-            field_selectors=("metadata.name", "metadata.namespace", "type"),
-        ),
-        ResourceType(
-            "", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",),
-            subresources={"token": ("create",)},
-        ),
-        ResourceType("", "v1", "events", "event", "Event", True, ("ev",), field_selectors=_EVENT_FIELDS),
-        ResourceType(
-            "events.k8s.io", "v1", "events", "event", "Event", True, ("ev",),
-            storage_group="", storage_version="v1", convert_out=_event_out, convert_in=_event_in,
-        ),
-        ResourceType(rbac, "v1", "roles", "role", "Role", True, name_check="path"),
-        ResourceType(rbac, "v1", "rolebindings", "rolebinding", "RoleBinding", True, name_check="path"),
-        ResourceType(rbac, "v1", "clusterroles", "clusterrole", "ClusterRole", False, name_check="path"),
-        ResourceType(
-            rbac, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", False,
-            name_check="path",
-        ),
-        ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
-        ResourceType(
-            "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", "validatingadmissionpolicy",
-            "ValidatingAdmissionPolicy", False, ("vap",), ("api-extensions",),
-            subresources={"status": STATUS_VERBS},
-        ),
-        ResourceType(
-            "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings",
-            "validatingadmissionpolicybinding", "ValidatingAdmissionPolicyBinding", False, ("vapb",),
-            ("api-extensions",),
-        ),
-        ResourceType(
-            "apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition",
-            "CustomResourceDefinition", False, ("crd", "crds"), ("api-extensions",),
-            subresources={"status": STATUS_VERBS}, return_deleted=True,
-        ),
-        ResourceType(
-            "authorization.k8s.io", "v1", "selfsubjectaccessreviews", "selfsubjectaccessreview",
-            "SelfSubjectAccessReview", False, verbs=("create",), virtual=True,
-        ),
-        ResourceType(
-            "authorization.k8s.io", "v1", "selfsubjectrulesreviews", "selfsubjectrulesreview",
-            "SelfSubjectRulesReview", False, verbs=("create",), virtual=True,
-        ),
-        ResourceType(
-            "authorization.k8s.io", "v1", "subjectaccessreviews", "subjectaccessreview",
-            "SubjectAccessReview", False, verbs=("create",), virtual=True,
-        ),
-        ResourceType(
-            "authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview",
-            "SelfSubjectReview", False, verbs=("create",), virtual=True,
-        ),
-    ]
-
-
-def version_priority(v: str) -> tuple[int, int, int]:
-    """Kubernetes version ordering key (v1 > v1beta2 > v1beta1 > v1alpha1 > other); higher is better."""
-    m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", v)
-    if not m:
-        return (0, 0, 0)
-    stage = {"alpha": 1, "beta": 2, None: 3}[m.group(2)]
-    return (stage, int(m.group(1)), int(m.group(3) or 0))
-
-
 # ------------------------------------------------------------------------------------------
 # entries, events, watchers
 
@@ -856,176 +283,6 @@ class Bucket:
 
 
 # ------------------------------------------------------------------------------------------
-# validation helpers
-
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QNAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_CM_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_SUBDOMAIN_MSG = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
-    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-_LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
-    "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
-    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-)
-_QNAME_MSG = (
-    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
-    "an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation "
-    "is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
-)
-_LVALUE_MSG = (
-    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and "
-    "must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', "
-    "regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
-)
-_STANDARD_FINALIZERS = {"kubernetes", "orphan", "foregroundDeletion", "customresourcecleanup.apiextensions.k8s.io"}
-_GEN_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def name_errors(name: str, check: str) -> list[str]:
-    """Why ``name`` is not a valid object name under ``check`` (subdomain/label/path)."""
-    if check == "label":
-        errs = []
-        if len(name) > 63:
-            errs.append("must be no more than 63 characters")
-        if not _DNS1123_LABEL.match(name):
-            errs.append(_LABEL_MSG)
-        return errs
-    if check == "path":
-        if name in (".", ".."):
-            return [f"may not be '{name}'"]
-        for bad in ("/", "%"):
-            if bad in name:
-                return [f"may not contain '{bad}'"]
-        return []
-    errs = []
-    if len(name) > 253:
-        errs.append("must be no more than 253 characters")
-    if not _DNS1123_SUBDOMAIN.match(name):
-        errs.append(_SUBDOMAIN_MSG)
-    return errs
-
-
-def qualified_name_errors(key: str) -> list[str]:
-    """Why ``key`` is not a valid qualified name (label / annotation key)."""
-    prefix, sep, name = key.rpartition("/")
-    errs = []
-    if sep:
-        if not prefix:
-            errs.append("prefix part must be non-empty")
-        elif len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix):
-            errs.append("prefix part " + _SUBDOMAIN_MSG)
-    if not name:
-        errs.append("name part must be non-empty")
-    else:
-        if len(name) > 63:
-            errs.append("name part must be no more than 63 characters")
-        if not _QNAME.match(name):
-            errs.append(_QNAME_MSG)
-    return errs
-
-
-def validate_meta(rt: ResourceType, obj: dict[str, Any], errs: list[Cause]) -> None:
-    """Generic ObjectMeta validation (name, labels, annotations, ownerReferences, finalizers)."""
-    md = obj["metadata"]
-    name = md.get("name") or ""
-    for e in name_errors(name, rt.name_check):
-        errs.append(ferr("metadata.name", "FieldValueInvalid", name, e))
-    labels = md.get("labels")
-    if labels is not None:
-        if not isinstance(labels, dict):
-            raise bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: metadata.labels must be a map of strings")
-        for k, v in labels.items():
-            if not isinstance(v, str):
-                raise bad_request(
-                    f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
-                    f"json: cannot unmarshal {type(v).__name__} into Go struct field ObjectMeta.metadata.labels of type string"
-                )
-            for e in qualified_name_errors(k):
-                errs.append(ferr("metadata.labels", "FieldValueInvalid", k, e))
-            if len(v) > 63:
-                errs.append(ferr("metadata.labels", "FieldValueInvalid", v, "must be no more than 63 characters"))
-            if not _LABEL_VALUE.match(v):
-                errs.append(ferr("metadata.labels", "FieldValueInvalid", v, _LVALUE_MSG))
-    ann = md.get("annotations")
-    if ann is not None:
-        if not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values()):
-            raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: metadata.annotations must be a map of strings')
-        total = 0
-        for k, v in ann.items():
-            for e in qualified_name_errors(k.lower()):
-                errs.append(ferr("metadata.annotations", "FieldValueInvalid", k, e))
-            total += len(k) + len(v)
-        if total > 262144:
-            errs.append(ferr("metadata.annotations", "FieldValueTooLong", detail="must have at most 262144 bytes"))
-    refs = md.get("ownerReferences")
-    if refs is not None:
-        if not isinstance(refs, list):
-            raise bad_request("metadata.ownerReferences must be a list")
-        controllers = []
-        for i, r in enumerate(refs):
-            p = f"metadata.ownerReferences[{i}]"
-            if not isinstance(r, dict):
-                raise bad_request(f"{p} must be an object")
-            for f in ("apiVersion", "kind", "name"):
-                if not r.get(f):
-                    errs.append(ferr(f"{p}.{f}", "FieldValueInvalid", r.get(f, ""), f"{f} must not be empty"))
-            if not r.get("uid"):
-                errs.append(ferr(f"{p}.uid", "FieldValueInvalid", r.get("uid", ""), "uid must not be empty"))
-            if r.get("controller") is True:
-                controllers.append(r.get("name", ""))
-        if len(controllers) > 1:
-            errs.append(
-                ferr(
-                    "metadata.ownerReferences",
-                    "FieldValueInvalid",
-                    "[...]",
-                    "Only one reference can have Controller set to true. Found \"true\" in references for "
-                    + " and ".join(controllers),
-                )
-            )
-    fins = md.get("finalizers")
-    if fins is not None:
-        if not isinstance(fins, list) or not all(isinstance(f, str) for f in fins):
-            raise bad_request("metadata.finalizers must be a list of strings")
-        for i, f in enumerate(fins):
-            if "/" not in f and f not in _STANDARD_FINALIZERS:
-                errs.append(
-                    ferr(
-                        f"metadata.finalizers[{i}]",
-                        "FieldValueInvalid",
-                        f,
-                        "name is neither a standard finalizer name nor is it fully qualified",
-                    )
-                )
-            elif "/" in f:
-                for e in qualified_name_errors(f):
-                    errs.append(ferr(f"metadata.finalizers[{i}]", "FieldValueInvalid", f, e))
-
-
-def _qos(spec: dict[str, Any]) -> str:
-    containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
-    any_set = False
-    guaranteed = True
-    for c in containers:
-        res = c.get("resources") or {}
-        req, lim = res.get("requests") or {}, res.get("limits") or {}
-        if req or lim:
-            any_set = True
-        for r in ("cpu", "memory"):
-            if r not in lim or (r in req and req[r] != lim[r]):
-                guaranteed = False
-    if not any_set:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
-
-
-# ------------------------------------------------------------------------------------------
 # the store
 
 
@@ -1132,22 +389,6 @@ class Store:
             b.compacted_rv = self.rv
         elif rt.api_version == rt.stored_api_version and rt.convert_out is None:
             b.rt = rt
-        self.registry_version += 1
-
-    def unregister_crd(self, crd_name: str) -> None:
-        """Stop serving every type registered by ``crd_name``; close its watches."""
-        keys = [k for k, rt in self.types.items() if rt.crd == crd_name]
-        bkeys = {self.types[k].bucket_key for k in keys}
-        for k in keys:
-            del self.types[k]
-        for bk in bkeys:
-            b = self.buckets.pop(bk, None)
-            if b is None:
-                continue
-            for w in list(b.watchers_all) + [w for s in b.watchers_ns.values() for w in s]:
-                w.close()
-            for e in b.objects.values():
-                self._unindex(b, e)
         self.registry_version += 1
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
@@ -1330,7 +571,8 @@ class Store:
 
     # ---------------------------------------------------------------- commit
 
-    def _index(self, b: Bucket, e: Entry) -> None:
+    def index(self, b: Bucket, e: Entry) -> None:
+        """Add ``e`` to the label, uid and owner indexes."""
         key = (e.ns, e.name)
         for k, v in e.labels.items():
             b.label_index.setdefault(k, {}).setdefault(v, set()).add(key)
@@ -1341,7 +583,8 @@ class Store:
             if u:
                 self.owner_index.setdefault(u, set()).add((b.key, e.ns, e.name))
 
-    def _unindex(self, b: Bucket, e: Entry) -> None:
+    def unindex(self, b: Bucket, e: Entry) -> None:
+        """Remove ``e`` from the indexes."""
         key = (e.ns, e.name)
         for k, v in e.labels.items():
             vals = b.label_index.get(k)
@@ -1392,7 +635,7 @@ class Store:
                     del b.by_ns[ns]
             b._sorted = None
             b._sorted_ns.pop(ns, None)
-            self._unindex(b, old)
+            self.unindex(b, old)
             if b.rt.namespaced:
                 self.ns_counts[ns] = self.ns_counts.get(ns, 1) - 1
             etype = DELETED
@@ -1403,11 +646,11 @@ class Store:
                 if old.labels != entry.labels or old.obj["metadata"].get("ownerReferences") != obj[
                     "metadata"
                 ].get("ownerReferences"):
-                    self._unindex(b, old)
-                    self._index(b, entry)
+                    self.unindex(b, old)
+                    self.index(b, entry)
                 etype = MODIFIED
             else:
-                self._index(b, entry)
+                self.index(b, entry)
                 b._sorted = None
                 b._sorted_ns.pop(ns, None)
                 b.by_ns.setdefault(ns, {})[name] = entry
@@ -1515,7 +758,7 @@ class Store:
                 405,
                 "MethodNotAllowed",
                 "create not allowed while custom resource definition is terminating",
-                _details(rt, md.get("name")),
+                status_details(rt, md.get("name")),
             )
         name = md.get("name") or ""
         if not name:
@@ -1528,7 +771,7 @@ class Store:
                 )
             base = gen[:58]
             for _ in range(10):
-                name = base + "".join(self.gen_name_rng.choice(_GEN_ALPHABET) for _ in range(5))
+                name = base + "".join(self.gen_name_rng.choice(GEN_ALPHABET) for _ in range(5))
                 if (ns, name) not in b.objects:
                     break
             md["name"] = name
@@ -1544,7 +787,7 @@ class Store:
         md["creationTimestamp"] = now_rfc3339()
         md["generation"] = 1
         errs: list[Any] = []
-        self._strategy_create(rt, ns, body, errs, user, warnings, strict)
+        registry.strategy_for(rt).prepare_create(self, rt, ns, body, errs, registry.Write(user, warnings, strict))
         validate_meta(rt, body, errs)
         if errs:
             raise invalid(rt, name, errs)
@@ -1641,7 +884,7 @@ class Store:
         except PatchError as e:
             if e.status == 400:
                 raise bad_request(e.message) from None
-            raise ApiError(422, "Invalid", e.message, _details(rt, name)) from None
+            raise ApiError(422, "Invalid", e.message, status_details(rt, name)) from None
         if not isinstance(new, dict):
             raise bad_request("the patched object is not a JSON object")
         new = self._check_body(rt, new)
@@ -1698,6 +941,7 @@ class Store:
         internal: bool = False,
     ) -> Entry:
         b = self.bucket(rt)
+        strategy = registry.strategy_for(rt)
         oobj = old.obj
         omd = oobj["metadata"]
         md = new["metadata"]
@@ -1708,17 +952,15 @@ class Store:
                 rt, name, "the object has been modified; please apply your changes to the latest version and try again"
             )
         if subresource == "status":
-            status = new.get("status", _MISSING)
+            status = new.get("status", MISSING)
             new = loads(old.raw())
-            if status is _MISSING:
+            if status is MISSING:
                 new.pop("status", None)
             else:
                 new["status"] = status
             md = new["metadata"]
-        elif subresource == "finalize" and rt.plural == "namespaces":
-            spec = new.get("spec")
-            new = loads(old.raw())
-            new["spec"] = spec if isinstance(spec, dict) else {}
+        elif subresource and (sub := strategy.update_subresource(subresource, new, old)) is not None:
+            new = sub
             md = new["metadata"]
         elif subresource:
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
@@ -1739,8 +981,9 @@ class Store:
             md.pop("namespace", None)
         md.pop("resourceVersion", None)
         errs: list[Any] = []
-        if subresource != "status" or rt.crd is not None:
-            self._strategy_update(rt, new, oobj, errs, user, warnings, strict, subresource, internal)
+        if subresource != "status" or strategy.validates_status:
+            w = registry.Write(user, warnings, strict, subresource, internal)
+            strategy.prepare_update(self, rt, new, oobj, errs, w)
         validate_meta(rt, new, errs)
         if "deletionTimestamp" in omd:
             old_f = set(omd.get("finalizers") or ())
@@ -1767,7 +1010,7 @@ class Store:
         if dry_run:
             return Entry(new, ns, name, old.rv)
         if "deletionTimestamp" in md and not md.get("finalizers") and not (
-            rt.plural == "pods" and rt.group == "" and (md.get("deletionGracePeriodSeconds") or 0) > 0
+            strategy.graceful and (md.get("deletionGracePeriodSeconds") or 0) > 0
         ):
             # the last finalizer is gone: the object is removed (DELETED carries the final state)
             md.pop("finalizers", None)
@@ -1781,7 +1024,7 @@ class Store:
         for k in set(new) | set(old):
             if k in skip or k in ("apiVersion", "kind"):
                 continue
-            if new.get(k, _MISSING) != old.get(k, _MISSING):
+            if new.get(k, MISSING) != old.get(k, MISSING):
                 return True
         return False
 
@@ -1833,16 +1076,8 @@ class Store:
         grace_opt = opts.get("gracePeriodSeconds")
         if dry_run:
             return loads(entry.raw_for(rt)), False
-        is_pod = rt.group == "" and rt.plural == "pods"
-        grace = 0
-        if is_pod:
-            spec = obj.get("spec") or {}
-            grace = int(grace_opt) if grace_opt is not None else int(spec.get("terminationGracePeriodSeconds", 30))
-            phase = (obj.get("status") or {}).get("phase")
-            if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
-                grace = 0
-            if grace < 0:
-                grace = 1
+        strategy = registry.strategy_for(rt)
+        grace = strategy.deletion_grace(obj, grace_opt)
         finalizers = list(md.get("finalizers") or ())
         new_fins = list(finalizers)
         if self.gc_enabled and "deletionTimestamp" not in md:
@@ -1853,7 +1088,7 @@ class Store:
         now = time.time()
         if "deletionTimestamp" in md:
             # already being deleted: a pod's grace period may only be shortened
-            if is_pod:
+            if strategy.graceful:
                 cur_grace = int(md.get("deletionGracePeriodSeconds") or 0)
                 if grace < cur_grace:
                     if grace == 0 and not finalizers:
@@ -1865,10 +1100,9 @@ class Store:
                     e2 = self.commit(b, ns, name, new, entry)
                     return loads(e2.raw_for(rt)), False
             return loads(entry.raw_for(rt)), False
-        if rt.group == "" and rt.plural == "namespaces":
-            if name in ("default", "kube-system", "kube-public"):
-                raise forbidden(rt, name, "this namespace may not be deleted")
-            return self._delete_namespace(rt, b, entry), False
+        taken = strategy.begin_delete(self, rt, b, entry)
+        if taken is not None:
+            return taken, False
         if grace > 0 or new_fins:
             new = entry.copy()
             nmd = new["metadata"]
@@ -1883,18 +1117,6 @@ class Store:
             return loads(e2.raw_for(rt)), False
         self.commit(b, ns, name, None, entry)
         return loads(entry.raw_for(rt)), True
-
-    def _delete_namespace(self, rt: ResourceType, b: Bucket, entry: Entry) -> dict[str, Any]:
-        new = entry.copy()
-        md = new["metadata"]
-        md["deletionTimestamp"] = now_rfc3339()
-        md["deletionGracePeriodSeconds"] = 0
-        new.setdefault("status", {})["phase"] = "Terminating"
-        e2 = self.commit(b, "", entry.name, new, entry)
-        self.terminating_ns.add(entry.name)
-        nsname = entry.name
-        self.defer(lambda: self._ns_cleanup(nsname))
-        return loads(e2.raw())
 
     def internal_delete(
         self, bucket_key: tuple[str, str], ns: str, name: str, options: dict[str, Any] | None = None
@@ -2032,794 +1254,28 @@ class Store:
         for b in self.buckets.values():
             b.compact(self.rv)
 
-    # ---------------------------------------------------------------- strategies
-
-    def _strategy_create(
-        self,
-        rt: ResourceType,
-        ns: str,
-        obj: dict[str, Any],
-        errs: list[Any],
-        user: Any,
-        warnings: list[str] | None,
-        strict: bool,
-    ) -> None:
-        g, p = rt.bucket_key
-        if rt.crd is not None:
-            if rt.status_subresource:
-                obj.pop("status", None)
-            self._schema(rt, obj, None, errs, warnings, strict)
-        elif g == "" and p == "pods":
-            self._pod_create(ns, obj, errs)
-        elif g == "" and p == "namespaces":
-            md = obj["metadata"]
-            md.setdefault("labels", {})["kubernetes.io/metadata.name"] = md["name"]
-            obj["spec"] = {"finalizers": ["kubernetes"]}
-            obj["status"] = {"phase": "Active"}
-        elif g == "" and p == "configmaps":
-            self._configmap_validate(obj, errs)
-        elif g == "" and p == "secrets":
-            self._secret_prepare(obj, errs)
-        elif g == "apiextensions.k8s.io":
-            self._crd_prepare(obj, None, errs)
-            fins = obj["metadata"].setdefault("finalizers", [])
-            if CRD_FINALIZER not in fins:
-                fins.append(CRD_FINALIZER)
-        elif g == "rbac.authorization.k8s.io":
-            self._rbac_validate(rt, obj, None, errs, user)
-        elif g == "admissionregistration.k8s.io" and self.admission is not None:
-            errs.extend(self.admission.check(p, obj))
-
-    def _strategy_update(
-        self,
-        rt: ResourceType,
-        new: dict[str, Any],
-        old: dict[str, Any],
-        errs: list[Any],
-        user: Any,
-        warnings: list[str] | None,
-        strict: bool,
-        subresource: str,
-        internal: bool,
-    ) -> None:
-        g, p = rt.bucket_key
-        if rt.crd is not None:
-            self._schema(rt, new, old, errs, warnings, strict)
-        elif g == "" and p == "pods":
-            if not internal:
-                self._pod_update(new, old, errs)
-        elif g == "" and p == "namespaces":
-            md = new["metadata"]
-            md.setdefault("labels", {})["kubernetes.io/metadata.name"] = md["name"]
-            if subresource != "finalize" and not internal:
-                new["spec"] = old.get("spec") or {}
-        elif g == "" and p == "configmaps":
-            if old.get("immutable") and (new.get("data") != old.get("data") or new.get("binaryData") != old.get("binaryData")):
-                errs.append(ferr("data", "FieldValueForbidden", detail="field is immutable when `immutable` is set"))
-            self._configmap_validate(new, errs)
-        elif g == "" and p == "secrets":
-            self._secret_prepare(new, errs)
-        elif g == "apiextensions.k8s.io":
-            if not internal:
-                self._crd_prepare(new, old, errs)
-        elif g == "rbac.authorization.k8s.io":
-            self._rbac_validate(rt, new, old, errs, user)
-        elif g == "admissionregistration.k8s.io" and self.admission is not None and subresource != "status":
-            errs.extend(self.admission.check(p, new))
-
-    def _schema(
-        self,
-        rt: ResourceType,
-        obj: dict[str, Any],
-        old: dict[str, Any] | None,
-        errs: list[Any],
-        warnings: list[str] | None,
-        strict: bool,
-    ) -> None:
-        sch = rt.schema
-        if sch is None:
-            return
-        removed: list[str] = []
-        try:
-            sch.prune(obj, removed)
-        except TypeError:  # an implementation without the ``removed`` parameter
-            sch.prune(obj)
-        if removed:
-            if strict:
-                raise bad_request(
-                    f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict decoding error: '
-                    + ", ".join(f'unknown field "{r}"' for r in removed)
-                )
-            if warnings is not None:
-                warnings.extend(f'unknown field "{r}"' for r in removed)
-        sch.default(obj)
-        errs.extend(sch.validate(obj, old))
-
-    # pods
-
-    def _pod_create(self, ns: str, pod: dict[str, Any], errs: list[Any]) -> None:
-        spec = pod.get("spec")
-        if not isinstance(spec, dict):
-            errs.append(ferr("spec.containers", "FieldValueRequired"))
-            return
-        spec.setdefault("restartPolicy", "Always")
-        spec.setdefault("terminationGracePeriodSeconds", 30)
-        spec.setdefault("dnsPolicy", "ClusterFirst")
-        spec.setdefault("schedulerName", "default-scheduler")
-        spec.setdefault("securityContext", {})
-        spec.setdefault("enableServiceLinks", True)
-        spec.setdefault("priority", 0)
-        spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
-        sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
-        spec["serviceAccountName"] = sa
-        spec["serviceAccount"] = sa
-        for key in ("containers", "initContainers"):
-            for c in spec.get(key) or ():
-                if not isinstance(c, dict):
-                    continue
-                c.setdefault("terminationMessagePath", "/dev/termination-log")
-                c.setdefault("terminationMessagePolicy", "File")
-                image = c.get("image") or ""
-                if "imagePullPolicy" not in c:
-                    tagged = ":" in image.rsplit("/", 1)[-1] or "@" in image
-                    c["imagePullPolicy"] = "IfNotPresent" if tagged and not image.endswith(":latest") else "Always"
-                c.setdefault("resources", {})
-                for port in c.get("ports") or ():
-                    if isinstance(port, dict):
-                        port.setdefault("protocol", "TCP")
-        for v in spec.get("volumes") or ():
-            if isinstance(v, dict):
-                for src in ("configMap", "secret", "projected"):
-                    if isinstance(v.get(src), dict):
-                        v[src].setdefault("defaultMode", 420)
-        self._pod_validate(pod, errs)
-        if errs:
-            return
-        # ServiceAccount admission
-        sab = self.buckets[("", "serviceaccounts")]
-        sa_entry = sab.objects.get((ns, sa))
-        if sa_entry is None:
-            raise ApiError(
-                403,
-                "Forbidden",
-                f'pods "{pod["metadata"]["name"]}" is forbidden: error looking up service account {ns}/{sa}: '
-                f'serviceaccount "{sa}" not found',
-                {"name": pod["metadata"]["name"], "kind": "pods"},
-            )
-        if spec.get("automountServiceAccountToken", sa_entry.obj.get("automountServiceAccountToken", True)) is not False:
-            vols = spec.setdefault("volumes", [])
-            mount = "/var/run/secrets/kubernetes.io/serviceaccount"
-            vname = "kube-api-access-" + "".join(self.gen_name_rng.choice(_GEN_ALPHABET) for _ in range(5))
-            vols.append(
-                {
-                    "name": vname,
-                    "projected": {
-                        "defaultMode": 420,
-                        "sources": [
-                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                            {
-                                "downwardAPI": {
-                                    "items": [
-                                        {
-                                            "path": "namespace",
-                                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
-                                        }
-                                    ]
-                                }
-                            },
-                        ],
-                    },
-                }
-            )
-            for c in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
-                mounts = c.setdefault("volumeMounts", [])
-                if not any(m.get("mountPath") == mount for m in mounts):
-                    mounts.append({"name": vname, "readOnly": True, "mountPath": mount})
-        pod["status"] = {"phase": "Pending", "qosClass": _qos(spec)}
-
-    def _pod_validate(self, pod: dict[str, Any], errs: list[Any]) -> None:
-        spec = pod["spec"]
-        containers = spec.get("containers")
-        if not containers:
-            errs.append(ferr("spec.containers", "FieldValueRequired"))
-        vol_names = set()
-        for i, v in enumerate(spec.get("volumes") or ()):
-            n = v.get("name", "") if isinstance(v, dict) else ""
-            p = f"spec.volumes[{i}].name"
-            if not n:
-                errs.append(ferr(p, "FieldValueRequired"))
-            elif n in vol_names:
-                errs.append(ferr(p, "FieldValueDuplicate", n))
-            else:
-                for e in name_errors(n, "label"):
-                    errs.append(ferr(p, "FieldValueInvalid", n, e))
-            vol_names.add(n)
-        seen: set[str] = set()
-        for key in ("initContainers", "containers"):
-            for i, c in enumerate(spec.get(key) or ()):
-                p = f"spec.{key}[{i}]"
-                if not isinstance(c, dict):
-                    errs.append(ferr(p, "FieldValueInvalid", str(c), "must be an object"))
-                    continue
-                n = c.get("name") or ""
-                if not n:
-                    errs.append(ferr(p + ".name", "FieldValueRequired"))
-                elif n in seen:
-                    errs.append(ferr(p + ".name", "FieldValueDuplicate", n))
-                else:
-                    for e in name_errors(n, "label"):
-                        errs.append(ferr(p + ".name", "FieldValueInvalid", n, e))
-                seen.add(n)
-                if not c.get("image"):
-                    errs.append(ferr(p + ".image", "FieldValueRequired"))
-                paths: set[str] = set()
-                for j, m in enumerate(c.get("volumeMounts") or ()):
-                    mp = f"{p}.volumeMounts[{j}]"
-                    if not m.get("name"):
-                        errs.append(ferr(mp + ".name", "FieldValueRequired"))
-                    elif m["name"] not in vol_names:
-                        errs.append(ferr(mp + ".name", "FieldValueNotFound", m["name"]))
-                    if not m.get("mountPath"):
-                        errs.append(ferr(mp + ".mountPath", "FieldValueRequired"))
-                    elif m["mountPath"] in paths:
-                        errs.append(ferr(mp + ".mountPath", "FieldValueInvalid", m["mountPath"], "must be unique"))
-                    paths.add(m.get("mountPath", ""))
-                for j, ev in enumerate(c.get("env") or ()):
-                    if not isinstance(ev, dict) or not ev.get("name"):
-                        errs.append(ferr(f"{p}.env[{j}].name", "FieldValueRequired"))
-                    elif "value" in ev and "valueFrom" in ev and ev["value"]:
-                        errs.append(
-                            ferr(
-                                f"{p}.env[{j}].valueFrom",
-                                "FieldValueInvalid",
-                                "",
-                                "may not be specified when `value` is not empty",
-                            )
-                        )
-        rp = spec.get("restartPolicy")
-        if rp not in ("Always", "OnFailure", "Never"):
-            errs.append(
-                ferr("spec.restartPolicy", "FieldValueNotSupported", rp, 'supported values: "Always", "OnFailure", "Never"')
-            )
-        ads = spec.get("activeDeadlineSeconds")
-        if ads is not None and (not isinstance(ads, int) or ads < 1 or ads > 2147483647):
-            errs.append(
-                ferr("spec.activeDeadlineSeconds", "FieldValueInvalid", ads, "must be between 1 and 2147483647, inclusive")
-            )
-        tg = spec.get("terminationGracePeriodSeconds")
-        if tg is not None and not isinstance(tg, int):
-            raise bad_request("Pod in version \"v1\" cannot be handled as a Pod: terminationGracePeriodSeconds must be an integer")
-
-    def _pod_update(self, new: dict[str, Any], old: dict[str, Any], errs: list[Any]) -> None:
-        ns_, os_ = new.get("spec") or {}, old.get("spec") or {}
-
-        def mask(spec: dict[str, Any]) -> dict[str, Any]:
-            s = clone(spec)
-            for key in ("containers", "initContainers"):
-                for c in s.get(key) or ():
-                    if isinstance(c, dict):
-                        c.pop("image", None)
-            s.pop("activeDeadlineSeconds", None)
-            s.pop("tolerations", None)
-            return s
-
-        if ns_ != os_ and mask(ns_) != mask(os_):
-            errs.append(
-                ferr(
-                    "spec",
-                    "FieldValueForbidden",
-                    detail="pod updates may not change fields other than `spec.containers[*].image`,"
-                    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
-                    "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
-                    "(allow it to be set to 1 if it was previously negative)",
-                )
-            )
-
-    # configmaps / secrets
-
-    def _configmap_validate(self, cm: dict[str, Any], errs: list[Any]) -> None:
-        total = 0
-        for fld in ("data", "binaryData"):
-            d = cm.get(fld)
-            if d is None:
-                continue
-            if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()):
-                raise bad_request(
-                    f'ConfigMap in version "v1" cannot be handled as a ConfigMap: json: cannot unmarshal '
-                    f"into Go struct field ConfigMap.{fld} of type string"
-                )
-            for k, v in d.items():
-                if len(k) > 253 or not _CM_KEY.match(k):
-                    errs.append(
-                        ferr(
-                            f"{fld}[{k}]",
-                            "FieldValueInvalid",
-                            k,
-                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
-                            "(e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
-                            "'[-._a-zA-Z0-9]+')",
-                        )
-                    )
-                total += len(k) + (len(v.encode()) if fld == "data" else len(v) * 3 // 4)
-        if total > 1048576:
-            errs.append(ferr("[]", "FieldValueTooLong", detail="must have at most 1048576 bytes"))
-
-    def _secret_prepare(self, s: dict[str, Any], errs: list[Any]) -> None:
-        sd = s.pop("stringData", None)
-        if isinstance(sd, dict):
-            data = s.setdefault("data", {})
-            for k, v in sd.items():
-                data[k] = base64.b64encode(str(v).encode()).decode()
-        s.setdefault("type", "Opaque")
-        for k, v in (s.get("data") or {}).items():
-            try:
-                base64.b64decode(v, validate=True)
-            except Exception:  # noqa: BLE001
-                raise bad_request(f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at data[{k}]") from None
-
-    # rbac
-
-    def _rbac_validate(
-        self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, errs: list[Any], user: Any
-    ) -> None:
-        kind = rt.kind
-        if kind in ("Role", "ClusterRole"):
-            rules = obj.get("rules") or []
-            if not isinstance(rules, list):
-                raise bad_request("rules must be a list")
-            for i, r in enumerate(rules):
-                p = f"rules[{i}]"
-                if not r.get("verbs"):
-                    errs.append(ferr(p + ".verbs", "FieldValueRequired", detail="verbs must contain at least one value"))
-                if r.get("nonResourceURLs"):
-                    if kind == "Role":
-                        errs.append(
-                            ferr(
-                                p + ".nonResourceURLs",
-                                "FieldValueInvalid",
-                                r["nonResourceURLs"],
-                                "namespaced rules cannot apply to non-resource URLs",
-                            )
-                        )
-                elif not r.get("apiGroups") and r.get("resources"):
-                    errs.append(
-                        ferr(p + ".apiGroups", "FieldValueRequired", detail="resource rules must supply at least one api group")
-                    )
-                elif not r.get("resources"):
-                    errs.append(
-                        ferr(p + ".resources", "FieldValueRequired", detail="resource rules must supply at least one resource")
-                    )
-            if not errs:
-                self._check_escalation(rt, obj, rules, user)
-        else:
-            ref = obj.get("roleRef") or {}
-            if not isinstance(ref, dict):
-                raise bad_request("roleRef must be an object")
-            allowed = ("Role", "ClusterRole") if kind == "RoleBinding" else ("ClusterRole",)
-            if ref.get("apiGroup") != "rbac.authorization.k8s.io":
-                errs.append(
-                    ferr("roleRef.apiGroup", "FieldValueNotSupported", ref.get("apiGroup", ""), 'supported values: "rbac.authorization.k8s.io"')
-                )
-            if ref.get("kind") not in allowed:
-                errs.append(
-                    ferr("roleRef.kind", "FieldValueNotSupported", ref.get("kind", ""), "supported values: " + ", ".join(f'"{a}"' for a in allowed))
-                )
-            if not ref.get("name"):
-                errs.append(ferr("roleRef.name", "FieldValueRequired"))
-            if old is not None and old.get("roleRef") != ref:
-                errs.append(ferr("roleRef", "FieldValueInvalid", "{...}", "cannot change roleRef"))
-            for i, s in enumerate(obj.get("subjects") or ()):
-                p = f"subjects[{i}]"
-                sk = s.get("kind")
-                if sk not in ("ServiceAccount", "User", "Group"):
-                    errs.append(ferr(p + ".kind", "FieldValueNotSupported", sk, 'supported values: "ServiceAccount", "User", "Group"'))
-                if not s.get("name"):
-                    errs.append(ferr(p + ".name", "FieldValueRequired"))
-                if sk == "ServiceAccount" and kind == "ClusterRoleBinding" and not s.get("namespace"):
-                    errs.append(ferr(p + ".namespace", "FieldValueRequired"))
-                if sk in ("User", "Group") and s.get("apiGroup") != "rbac.authorization.k8s.io":
-                    errs.append(
-                        ferr(p + ".apiGroup", "FieldValueNotSupported", s.get("apiGroup", ""), 'supported values: "rbac.authorization.k8s.io"')
-                    )
-            if not errs:
-                self._check_bind(rt, obj, ref, user)
-
-    def _user_holds(self, user: Any, ns: str, rules: list[dict[str, Any]]) -> list[str]:
-        missing = []
-        az = self.authorizer
-        for r in rules:
-            for verb in r.get("verbs") or ():
-                if r.get("nonResourceURLs"):
-                    for url in r["nonResourceURLs"]:
-                        ok, _ = az.authorize(user, Attributes(verb=verb, api_group="", resource="", path=url))
-                        if not ok:
-                            missing.append(f'{{NonResourceURLs:["{url}"], Verbs:["{verb}"]}}')
-                    continue
-                for g in r.get("apiGroups") or ():
-                    for res in r.get("resources") or ():
-                        resource, _, sub = res.partition("/")
-                        for rn in r.get("resourceNames") or [""]:
-                            ok, _ = az.authorize(
-                                user,
-                                Attributes(
-                                    verb=verb, api_group=g, resource=resource, subresource=sub, namespace=ns, name=rn
-                                ),
-                            )
-                            if not ok:
-                                names = f', ResourceNames:["{rn}"]' if rn else ""
-                                missing.append(
-                                    f'{{APIGroups:["{g}"], Resources:["{res}"]{names}, Verbs:["{verb}"]}}'
-                                )
-        return missing
-
-    def _is_privileged(self, user: Any) -> bool:
-        return user is None or self.authorizer is None or "system:masters" in (user.groups or ())
-
-    def _check_escalation(self, rt: ResourceType, obj: dict[str, Any], rules: list[dict[str, Any]], user: Any) -> None:
-        if self._is_privileged(user):
-            return
-        ns = obj["metadata"].get("namespace", "") if rt.namespaced else ""
-        ok, _ = self.authorizer.authorize(
-            user, Attributes(verb="escalate", api_group=rt.group, resource=rt.plural, namespace=ns, name=obj["metadata"]["name"])
-        )
-        if ok:
-            return
-        missing = self._user_holds(user, ns, rules)
-        if missing:
-            groups = " ".join(json.dumps(g) for g in user.groups)
-            raise forbidden(
-                rt,
-                obj["metadata"]["name"],
-                f'user "{user.name}" (groups=[{groups}]) is attempting to grant RBAC permissions not currently held:\n'
-                + "\n".join(missing),
-            )
-
-    def _check_bind(self, rt: ResourceType, obj: dict[str, Any], ref: dict[str, Any], user: Any) -> None:
-        if self._is_privileged(user):
-            return
-        ns = obj["metadata"].get("namespace", "") if rt.namespaced else ""
-        role_res = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
-        ok, _ = self.authorizer.authorize(
-            user,
-            Attributes(verb="bind", api_group="rbac.authorization.k8s.io", resource=role_res, namespace=ns, name=ref.get("name", "")),
-        )
-        if ok:
-            return
-        if ref.get("kind") == "ClusterRole":
-            e = self.buckets[("rbac.authorization.k8s.io", "clusterroles")].objects.get(("", ref.get("name", "")))
-        else:
-            e = self.buckets[("rbac.authorization.k8s.io", "roles")].objects.get((ns, ref.get("name", "")))
-        rules = (e.obj.get("rules") or []) if e is not None else []
-        missing = self._user_holds(user, ns, rules)
-        if missing or e is None:
-            groups = " ".join(json.dumps(g) for g in user.groups)
-            raise forbidden(
-                rt,
-                obj["metadata"]["name"],
-                f'user "{user.name}" (groups=[{groups}]) is attempting to grant RBAC permissions not currently held:\n'
-                + "\n".join(missing),
-            )
-
-    # CRDs
-
-    def _crd_prepare(self, crd: dict[str, Any], old: dict[str, Any] | None, errs: list[Any]) -> None:
-        spec = crd.get("spec")
-        if not isinstance(spec, dict):
-            errs.append(ferr("spec", "FieldValueRequired"))
-            return
-        group = spec.get("group") or ""
-        names = spec.get("names") or {}
-        plural = names.get("plural") or ""
-        kind = names.get("kind") or ""
-        if not group:
-            errs.append(ferr("spec.group", "FieldValueRequired"))
-        elif len(group.split(".")) < 2:
-            errs.append(ferr("spec.group", "FieldValueInvalid", group, "should be a domain with at least one dot"))
-        if not plural:
-            errs.append(ferr("spec.names.plural", "FieldValueRequired"))
-        elif not _DNS1123_LABEL.match(plural):
-            errs.append(ferr("spec.names.plural", "FieldValueInvalid", plural, _LABEL_MSG))
-        if not kind:
-            errs.append(ferr("spec.names.kind", "FieldValueRequired"))
-        names.setdefault("singular", kind.lower())
-        names.setdefault("listKind", kind + "List")
-        if plural and group and crd["metadata"]["name"] != f"{plural}.{group}":
-            errs.append(
-                ferr("metadata.name", "FieldValueInvalid", crd["metadata"]["name"], 'must be spec.names.plural+"."+spec.group')
-            )
-        if spec.get("scope") not in ("Namespaced", "Cluster"):
-            errs.append(ferr("spec.scope", "FieldValueNotSupported", spec.get("scope", ""), 'supported values: "Cluster", "Namespaced"'))
-        versions = spec.get("versions") or []
-        if not versions:
-            errs.append(ferr("spec.versions", "FieldValueInvalid", "[]", "must have exactly one version marked as storage version"))
-        storage = [v for v in versions if v.get("storage")]
-        if versions and len(storage) != 1:
-            errs.append(ferr("spec.versions", "FieldValueInvalid", "[...]", "must have exactly one version marked as storage version"))
-        for i, v in enumerate(versions):
-            sch = ((v.get("schema") or {}).get("openAPIV3Schema"))
-            if sch is None:
-                errs.append(ferr(f"spec.versions[{i}].schema.openAPIV3Schema", "FieldValueRequired", detail="schemas are required"))
-            elif StructuralSchema is not None:
-                try:
-                    StructuralSchema(sch)
-                except Exception as e:  # noqa: BLE001 - any schema compile error is a 422
-                    errs.append(ferr(f"spec.versions[{i}].schema.openAPIV3Schema", "FieldValueInvalid", "...", str(e)))
-        if old is not None:
-            ospec = old.get("spec") or {}
-            if ospec.get("group") != group or (ospec.get("names") or {}).get("plural") != plural:
-                errs.append(ferr("spec.names.plural", "FieldValueInvalid", plural, "field is immutable"))
-            if ospec.get("scope") != spec.get("scope"):
-                errs.append(ferr("spec.scope", "FieldValueInvalid", spec.get("scope"), "field is immutable"))
-        spec.setdefault("conversion", {"strategy": "None"})
-        stored = list((old or {}).get("status", {}).get("storedVersions") or [])
-        for v in storage:
-            if v.get("name") not in stored:
-                stored.append(v.get("name"))
-        now = now_rfc3339()
-        crd["status"] = {
-            "conditions": [
-                {
-                    "type": "NamesAccepted",
-                    "status": "True",
-                    "reason": "NoConflicts",
-                    "message": "no conflicts found",
-                    "lastTransitionTime": now,
-                },
-                {
-                    "type": "Established",
-                    "status": "True",
-                    "reason": "InitialNamesAccepted",
-                    "message": "the initial names have been accepted",
-                    "lastTransitionTime": now,
-                },
-            ],
-            "acceptedNames": dict(names),
-            "storedVersions": stored,
-        }
-        if old is not None and (old.get("status") or {}).get("conditions"):
-            crd["status"]["conditions"] = old["status"]["conditions"]
-            crd["status"]["acceptedNames"] = dict(names)
-
-    def register_crd(self, crd: dict[str, Any]) -> None:
-        """(Re)build the served types of a CRD object."""
-        spec = crd["spec"]
-        names = spec["names"]
-        group = spec["group"]
-        versions = spec.get("versions") or []
-        storage = next((v["name"] for v in versions if v.get("storage")), versions[0]["name"] if versions else "v1")
-        cname = crd["metadata"]["name"]
-        for k in [k for k, rt in self.types.items() if rt.crd == cname]:
-            del self.types[k]
-        for v in versions:
-            if not v.get("served", True):
-                continue
-            sub = v.get("subresources") or {}
-            subs: dict[str, tuple[str, ...]] = {}
-            if "status" in sub:
-                subs["status"] = STATUS_VERBS
-            if "scale" in sub:
-                subs["scale"] = STATUS_VERBS
-            sch_src = (v.get("schema") or {}).get("openAPIV3Schema")
-            sch = StructuralSchema(sch_src) if (sch_src is not None and StructuralSchema is not None) else None
-            rt = ResourceType(
-                group,
-                v["name"],
-                names["plural"],
-                names.get("singular") or names["kind"].lower(),
-                names["kind"],
-                spec.get("scope") == "Namespaced",
-                tuple(names.get("shortNames") or ()),
-                tuple(names.get("categories") or ()),
-                subresources=subs,
-                storage_version=storage,
-                return_deleted=True,
-                crd=cname,
-                schema=sch,
-                printer_columns=v.get("additionalPrinterColumns"),
-            )
-            self.register(rt)
-        b = self.buckets.get((group, names["plural"]))
-        if b is not None:
-            st = self.types.get((group, storage, names["plural"]))
-            if st is not None:
-                b.rt = st
-
-    # ---------------------------------------------------------------- after-write hooks
+    # ---------------------------------------------------------------- after-write hooks (registry/)
 
     def _after_create(self, rt: ResourceType, b: Bucket, entry: Entry) -> None:
-        g, p = b.key
-        if g == "" and p == "namespaces":
-            self.ensure_namespace_defaults(entry.name)
-        elif g == "apiextensions.k8s.io":
-            self.register_crd(entry.obj)
-        if self.gc_enabled and entry.obj["metadata"].get("ownerReferences"):
-            key, ns, name, uid = b.key, entry.ns, entry.name, entry.uid
-            self.defer_later(0.2, lambda: self._gc_check_dangling(key, ns, name, uid))
+        registry.strategy_for(b.rt).after_create(self, b, entry)
+        if self.gc_enabled:
+            gc.after_create(self, b, entry)
 
     def _after_update(self, rt: ResourceType, b: Bucket, entry: Entry, old: Entry) -> None:
-        g = b.key[0]
-        if g == "apiextensions.k8s.io" and "deletionTimestamp" not in entry.obj["metadata"]:
-            self.register_crd(entry.obj)
-        if self.gc_enabled and entry.obj["metadata"].get("ownerReferences") != old.obj["metadata"].get("ownerReferences"):
-            key, ns, name, uid = b.key, entry.ns, entry.name, entry.uid
-            self.defer_later(0.2, lambda: self._gc_check_dangling(key, ns, name, uid))
+        registry.strategy_for(b.rt).after_update(self, b, entry, old)
+        if self.gc_enabled:
+            gc.after_update(self, b, entry, old)
 
     def _after_deletion_started(self, rt: ResourceType, b: Bucket, entry: Entry) -> None:
-        fins = entry.obj["metadata"].get("finalizers") or ()
-        uid = entry.uid
-        key, ns, name = b.key, entry.ns, entry.name
-        if self.gc_enabled and "orphan" in fins:
-            self.defer(lambda: self._gc_orphan(key, ns, name, uid))
-        if self.gc_enabled and "foregroundDeletion" in fins:
-            self.defer(lambda: self._gc_foreground(key, ns, name, uid))
-        if b.key == ("apiextensions.k8s.io", "customresourcedefinitions") and CRD_FINALIZER in fins:
-            self.defer(lambda: self._crd_cleanup(entry.obj))
+        if self.gc_enabled:
+            gc.after_deletion_started(self, b, entry)
+        registry.strategy_for(b.rt).after_deletion_started(self, b, entry)
 
     def _after_remove(self, b: Bucket, final: Entry) -> None:
-        md = final.obj["metadata"]
-        uid = final.uid
-        if self.gc_enabled and uid in self.owner_index:
-            self.defer(lambda: self._gc_owner_removed(uid))
         if self.gc_enabled:
-            for r in md.get("ownerReferences") or ():
-                ou = r.get("uid")
-                if ou and ou in self.uid_index and ou not in self.owner_index:
-                    self.defer(functools.partial(self._gc_foreground_done, ou))
-        if final.ns and final.ns in self.terminating_ns:
-            nsn = final.ns
-            self.defer(lambda: self._ns_maybe_finish(nsn))
-        if b.terminating and not b.objects:
-            crd_name = b.rt.crd
-            if crd_name:
-                self.defer(
-                    lambda: self.remove_finalizer(("apiextensions.k8s.io", "customresourcedefinitions"), "", crd_name, CRD_FINALIZER)
-                )
-        if b.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
-            self.unregister_crd(final.name)
-
-    # ---------------------------------------------------------------- namespaces
-
-    def ensure_namespace_defaults(self, ns: str) -> None:
-        """The per-namespace objects the controllers of a real cluster create."""
-        sab = self.buckets[("", "serviceaccounts")]
-        if (ns, "default") not in sab.objects:
-            try:
-                self.create(sab.rt, ns, {"metadata": {"name": "default"}})
-            except ApiError:
-                pass
-        cmb = self.buckets[("", "configmaps")]
-        if (ns, "kube-root-ca.crt") not in cmb.objects:
-            try:
-                self.create(
-                    cmb.rt,
-                    ns,
-                    {
-                        "metadata": {
-                            "name": "kube-root-ca.crt",
-                            "annotations": {"kubernetes.io/description": "Contains a CA bundle for the devcluster."},
-                        },
-                        "data": {"ca.crt": self.root_ca_pem
-                                 or "-----BEGIN CERTIFICATE-----\nZGV2Y2x1c3Rlcg==\n-----END CERTIFICATE-----\n"},
-                    },
-                )
-            except ApiError:
-                pass
-
-    def _ns_cleanup(self, ns: str) -> None:
-        for b in list(self.buckets.values()):
-            if not b.rt.namespaced:
-                continue
-            for e in list((b.by_ns.get(ns) or {}).values()):
-                if "deletionTimestamp" not in e.obj["metadata"]:
-                    self.internal_delete(b.key, ns, e.name, {"propagationPolicy": "Background"})
-        self._ns_maybe_finish(ns)
-
-    def _ns_maybe_finish(self, ns: str) -> None:
-        if ns not in self.terminating_ns or self.ns_counts.get(ns, 0) > 0:
-            return
-        nsb = self.buckets[("", "namespaces")]
-        e = nsb.objects.get(("", ns))
-        if e is None:
-            self.terminating_ns.discard(ns)
-            return
-        self.terminating_ns.discard(ns)
-        if e.obj["metadata"].get("finalizers"):
-            def mut(o: dict[str, Any]) -> None:
-                o["spec"] = {}
-
-            self.internal_update(nsb.key, "", ns, mut)
-            self.terminating_ns.add(ns)  # still held by metadata finalizers
-            return
-        self.commit(nsb, "", ns, None, e)
-
-    # ---------------------------------------------------------------- CRD cleanup
-
-    def _crd_cleanup(self, crd: dict[str, Any]) -> None:
-        spec = crd.get("spec") or {}
-        b = self.buckets.get((spec.get("group", ""), (spec.get("names") or {}).get("plural", "")))
-        cname = crd["metadata"]["name"]
-        if b is None or not b.objects:
-            self.remove_finalizer(("apiextensions.k8s.io", "customresourcedefinitions"), "", cname, CRD_FINALIZER)
-            return
-        b.terminating = True
-        for e in list(b.objects.values()):
-            if "deletionTimestamp" not in e.obj["metadata"]:
-                self.internal_delete(b.key, e.ns, e.name)
-        if not b.objects:
-            self.remove_finalizer(("apiextensions.k8s.io", "customresourcedefinitions"), "", cname, CRD_FINALIZER)
-
-    # ---------------------------------------------------------------- garbage collector
-
-    def _owner_exists(self, ref: dict[str, Any]) -> bool:
-        return ref.get("uid") in self.uid_index
-
-    def _gc_owner_removed(self, uid: str) -> None:
-        for key, ns, name in list(self.owner_index.get(uid, ())):
-            b = self.buckets.get(key)
-            e = b.objects.get((ns, name)) if b is not None else None
-            if b is None or e is None:
-                continue
-            self._gc_consider(b, e)
-
-    def _gc_consider(self, b: Bucket, e: Entry) -> None:
-        refs = e.obj["metadata"].get("ownerReferences") or []
-        if not refs:
-            return
-        alive = [r for r in refs if self._owner_exists(r)]
-        if len(alive) == len(refs):
-            return
-        if alive:
-            gone = {r.get("uid") for r in refs if r not in alive}
-
-            def mut(o: dict[str, Any]) -> None:
-                o["metadata"]["ownerReferences"] = [
-                    r for r in o["metadata"].get("ownerReferences") or () if r.get("uid") not in gone
-                ]
-
-            self.internal_update(b.key, e.ns, e.name, mut, e.uid)
-            return
-        if "deletionTimestamp" in e.obj["metadata"]:
-            return
-        self.internal_delete(b.key, e.ns, e.name, {"propagationPolicy": "Background", "preconditions": {"uid": e.uid}})
-
-    def _gc_check_dangling(self, key: tuple[str, str], ns: str, name: str, uid: str) -> None:
-        b = self.buckets.get(key)
-        e = b.objects.get((ns, name)) if b is not None else None
-        if b is None or e is None or e.uid != uid:
-            return
-        self._gc_consider(b, e)
-
-    def _gc_orphan(self, key: tuple[str, str], ns: str, name: str, uid: str) -> None:
-        for dkey, dns, dname in list(self.owner_index.get(uid, ())):
-
-            def mut(o: dict[str, Any]) -> None:
-                refs = [r for r in o["metadata"].get("ownerReferences") or () if r.get("uid") != uid]
-                if refs:
-                    o["metadata"]["ownerReferences"] = refs
-                else:
-                    o["metadata"].pop("ownerReferences", None)
-
-            self.internal_update(dkey, dns, dname, mut)
-        self.remove_finalizer(key, ns, name, "orphan", uid)
-
-    def _gc_foreground(self, key: tuple[str, str], ns: str, name: str, uid: str) -> None:
-        deps = list(self.owner_index.get(uid, ()))
-        if not deps:
-            self.remove_finalizer(key, ns, name, "foregroundDeletion", uid)
-            return
-        for dkey, dns, dname in deps:
-            self.internal_delete(dkey, dns, dname, {"propagationPolicy": "Foreground"})
-
-    def _gc_foreground_done(self, owner_uid: str) -> None:
-        loc = self.uid_index.get(owner_uid)
-        if loc is None or self.owner_index.get(owner_uid):
-            return
-        key, ns, name = loc
-        b = self.buckets.get(key)
-        e = b.objects.get((ns, name)) if b is not None else None
-        if e is not None and "foregroundDeletion" in (e.obj["metadata"].get("finalizers") or ()):
-            self.remove_finalizer(key, ns, name, "foregroundDeletion", owner_uid)
+            gc.after_remove(self, b, final)
+        namespaces.content_removed(self, final)
+        registry.strategy_for(b.rt).after_remove(self, b, final)
 
 
 class _InitialEvent:
@@ -2853,8 +1309,3 @@ class _SimpleEvent:
     def is_set(self) -> bool:
         """Whether set."""
         return self.flag
-
-
-def deep_copy(obj: Any) -> Any:
-    """copy.deepcopy (exported for callers that hold non-JSON values)."""
-    return copy.deepcopy(obj)

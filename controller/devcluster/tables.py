@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
-from .store import ResourceType, parse_time
+from .codec import parse_time
+from .resources import ResourceType
 
 __all__ = ["column_definitions", "human_duration", "jsonpath", "table", "table_row"]
 

@@ -43,6 +43,12 @@ def _store() -> Any:
     return store
 
 
+def _errors() -> Any:
+    from controller.devcluster import errors
+
+    return errors
+
+
 class EmulatorKubelet:
     """The simulated kubelet of the devcluster (one node, ``devcluster-node``).
 
@@ -132,7 +138,7 @@ class EmulatorKubelet:
         rt = self.store.buckets[PODS].rt
         try:
             self.store.delete(rt, p.ns, p.name, {"gracePeriodSeconds": 0, "preconditions": {"uid": p.uid}})
-        except _store().ApiError:
+        except _errors().ApiError:
             pass
 
     def check_volumes(self, p: SimPod) -> bool:
@@ -179,7 +185,7 @@ class EmulatorKubelet:
             try:
                 self.runtime.append_log(p, c, bytes(data), STDERR if stream == "stderr" else STDOUT)
             except LogUnavailable as e:
-                raise _store().ApiError(400, "BadRequest", e.text) from None
+                raise _errors().ApiError(400, "BadRequest", e.text) from None
 
         self._run_sync(fn)
 
@@ -251,9 +257,9 @@ class EmulatorKubelet:
             try:
                 cur, prev = self.runtime.instances(ns, pod, container)
             except KeyError:
-                raise _store().ApiError(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"}) from None
+                raise _errors().ApiError(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"}) from None
             except ValueError as e:
-                raise _store().ApiError(400, "BadRequest", str(e)) from None
+                raise _errors().ApiError(400, "BadRequest", str(e)) from None
             inst = prev if previous else cur
             return get(inst) if inst is not None else b""
 
@@ -266,7 +272,7 @@ class EmulatorKubelet:
         """``GET pods/{name}/log`` as kube-apiserver + kubelet answer it."""
         from aiohttp import web
 
-        st = _store()
+        st = _errors()
         q = request.query
         opts = _log_options(q, name)
         container = _validate_container(pod_obj, q.get("container") or None)
@@ -318,7 +324,7 @@ class EmulatorKubelet:
     def _pod(self, ns: str, name: str) -> SimPod:
         p = self.runtime.pods.get((ns, name))
         if p is None:
-            raise _store().ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+            raise _errors().ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
         return p
 
     @staticmethod
@@ -326,7 +332,7 @@ class EmulatorKubelet:
         try:
             return NodeRuntime._pick(p.name, list(p.containers), name)
         except ValueError as e:
-            raise _store().ApiError(400, "BadRequest", str(e)) from None
+            raise _errors().ApiError(400, "BadRequest", str(e)) from None
 
     def _on_pod_event(self, bucket: Bucket, ev: WatchEvent) -> None:
         st = _store()
@@ -383,7 +389,7 @@ def _int_param(q: Any, name: str) -> int | None:
     try:
         return int(q[name])
     except ValueError:
-        raise _store().bad_request(f'strconv.ParseInt: parsing "{q[name]}": invalid syntax') from None
+        raise _errors().bad_request(f'strconv.ParseInt: parsing "{q[name]}": invalid syntax') from None
 
 
 def _invalid(name: str, causes: list[tuple[str, str, str]]) -> Exception:
@@ -392,13 +398,13 @@ def _invalid(name: str, causes: list[tuple[str, str, str]]) -> Exception:
     joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
     details = {"name": name, "kind": "PodLogOptions",
                "causes": [{"reason": r, "message": m, "field": f} for f, r, m in causes]}
-    return _store().ApiError(422, "Invalid", f'PodLogOptions "{name}" is invalid: {joined}', details)
+    return _errors().ApiError(422, "Invalid", f'PodLogOptions "{name}" is invalid: {joined}', details)
 
 
 def _log_options(q: Any, name: str) -> LogQuery:
     """PodLogOptions as kube-apiserver v1.37 validates them (its messages; the ``stream`` option's
     feature gate PodLogsQuerySplitStreams is off there by default)."""
-    st = _store()
+    st = _errors()
     tail = _int_param(q, "tailLines")
     limit = _int_param(q, "limitBytes")
     since_s = _int_param(q, "sinceSeconds")
@@ -436,7 +442,7 @@ def _log_options(q: Any, name: str) -> LogQuery:
 
 
 def _validate_container(pod_obj: dict[str, Any], container: str | None) -> str:
-    st = _store()
+    st = _errors()
     spec = pod_obj.get("spec") or {}
     regular = [c.get("name") for c in spec.get("containers") or ()]
     init = [c.get("name") for c in spec.get("initContainers") or ()]
