@@ -672,6 +672,19 @@ async def check(world: World, client: Client, ns: str, plan: Plan, metrics: str)
             violations.append(f"{name}: archive {finals[0]} is not of UID {a['metadata']['uid']}")
         counts["archives"] += 1
         violations += _check_archive(world, ns, p, directory / finals[0], counts)
+    # Cleanups counted once across kills, restarts and failovers: one CleanedUp Event per Agent at
+    # most (posted after the Succeeded status write; none if the poster died right after the write,
+    # or its post failed: best effort).
+    cleaned_up: Counter[str] = Counter()
+    for e in (await _call(client, "GET", f"/api/v1/namespaces/{ns}/events"))["items"]:
+        if e.get("reason") == "CleanedUp" and (e.get("involvedObject") or {}).get("kind") == "Agent":
+            cleaned_up[e["involvedObject"].get("name", "")] += int(e.get("count") or 1)
+    for name in by_plan:
+        n = cleaned_up.get(name, 0)
+        counts["cleanups_recorded_once" if n == 1 else "cleanups_without_their_event" if n == 0
+               else "cleanups_recorded_twice"] += 1
+        if n > 1:
+            violations.append(f"{name}: cleaned up {n} times (CleanedUp Events)")
     gauge = _gauge(metrics)
     objects = Counter((a.get("status") or {}).get("phase") for a in agents.values())
     for phase in set(gauge) | {k for k in objects if k}:

@@ -112,15 +112,23 @@ def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
                 "metadata": {"name": f"{victim.name}-agent", "labels": {
                     "app.kubernetes.io/managed-by": "agent-controller", "agentcontroller.dev/agent-uid": uid}}})
             found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            # a cleanup done twice (by a restarted controller that did not see the first): two Events
+            await world.client.call("POST", f"/api/v1/namespaces/{ns}/events", {
+                "apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{victim.name}.twice"},
+                "involvedObject": {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent",
+                                   "name": victim.name, "namespace": ns, "uid": uid},
+                "type": "Normal", "reason": "CleanedUp", "message": "again", "count": 1})
+            found.append(await chaos.check(world, world.client, ns, plan, metrics))
             return ["\n".join(r["violations"]) for r in found]
         finally:
             await world.client.close()
 
     try:
-        flipped, sealed, mislabelled, leaked = asyncio.run(go())
+        flipped, sealed, mislabelled, leaked, twice = asyncio.run(go())
     finally:
         world.stop()
     assert "sealed complete but differs" in flipped
     assert "sealed complete but differs" in sealed
     assert "log incomplete (kubelet_unreachable): not a loss the SPEC allows" in mislabelled
     assert "managed objects left: {'serviceaccount'" in leaked
+    assert "cleaned up 2 times (CleanedUp Events)" in twice
