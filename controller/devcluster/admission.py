@@ -57,6 +57,7 @@ from .errors import ApiError, Cause, ferr
 from .rbac import Attributes
 from .resources import ResourceType
 from .schema import _EXT_BY_SHORT, _EXT_FUNCS, SchemaError, _clean_cel_error, _compile
+from .selectors import label_selector_matches
 from .store import Store
 
 __all__ = ["ADMISSION_GROUP", "POLICIES", "POLICY_BINDINGS", "ValidatingAdmission"]
@@ -67,33 +68,6 @@ POLICY_BINDINGS = "validatingadmissionpolicybindings"
 
 _REASON_CODES = {"Invalid": 422, "Forbidden": 403, "Unauthorized": 401, "RequestEntityTooLarge": 413}
 _VARIABLE_USE = re.compile(r"(?<![.\w])variables\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
-
-
-# ----------------------------------------------------------------------------------------------
-# label selectors (metav1.LabelSelector objects)
-
-
-def _selector_matches(sel: Any, labels: dict[str, str] | None) -> bool:
-    """A ``metav1.LabelSelector`` object; an empty or absent selector matches everything."""
-    if not isinstance(sel, dict):
-        return True
-    labels = labels or {}
-    for k, v in (sel.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for req in sel.get("matchExpressions") or ():
-        key = req.get("key", "")
-        op = req.get("operator", "")
-        values = req.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
 
 
 def _labels(obj: Any) -> dict[str, str]:
@@ -209,14 +183,14 @@ class _Match:
     def selectors_match(self, req: Request) -> bool:
         if self.ns_selector:
             if req.rt.namespaced:
-                if not _selector_matches(self.ns_selector, _labels(req.namespace_object)):
+                if not label_selector_matches(self.ns_selector, _labels(req.namespace_object)):
                     return False
             elif req.rt.group == "" and req.rt.plural == "namespaces":
-                if not _selector_matches(self.ns_selector, _labels(req.object or req.old_object)):
+                if not label_selector_matches(self.ns_selector, _labels(req.object or req.old_object)):
                     return False
         if self.obj_selector:
             objs = [o for o in (req.object, req.old_object) if o is not None]
-            if not any(_selector_matches(self.obj_selector, _labels(o)) for o in objs):
+            if not any(label_selector_matches(self.obj_selector, _labels(o)) for o in objs):
                 return False
         return True
 

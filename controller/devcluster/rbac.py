@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .selectors import label_selector_matches
+
 __all__ = ["Attributes", "Authorizer", "UserInfo"]
 
 MASTERS = "system:masters"
@@ -211,7 +213,7 @@ class _Index:
                 if other is r:
                     continue
                 labels = (other.get("metadata") or {}).get("labels") or {}
-                if any(_selector_matches(sel, labels) for sel in selectors):
+                if any(label_selector_matches(sel, labels) for sel in selectors):
                     rules.extend(other.get("rules") or ())
             self.cluster_roles[name] = rules
 
@@ -281,22 +283,6 @@ class _Index:
         return out
 
 
-def _selector_matches(sel: dict[str, Any], labels: dict[str, str]) -> bool:
-    """LabelSelector (matchLabels + matchExpressions) against labels."""
-    for k, v in (sel.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for e in sel.get("matchExpressions") or ():
-        key, op, vals = e.get("key"), e.get("operator"), e.get("values") or []
-        if op == "In" and labels.get(key) not in vals:
-            return False
-        if op == "NotIn" and key in labels and labels[key] in vals:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
 
 
 class _State:

@@ -149,3 +149,27 @@ class FieldSelector:
             if (v == val) != eq:
                 return False
         return True
+
+
+def label_selector_matches(sel: Any, labels: dict[str, str] | None) -> bool:
+    """A ``metav1.LabelSelector`` object (matchLabels + matchExpressions) against labels; an empty or
+    absent selector matches everything."""
+    if not isinstance(sel, dict):
+        return True
+    labels = labels or {}
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for req in sel.get("matchExpressions") or ():
+        key = req.get("key", "")
+        op = req.get("operator", "")
+        values = req.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True

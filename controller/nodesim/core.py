@@ -302,6 +302,19 @@ class SimPod:
         "waiting_published",
     )
 
+    def required_volumes(self) -> list[tuple[str, str]]:
+        """The ConfigMaps and Secrets (resource, name) the pod's volumes need (not `optional`): the
+        kubelet does not start its containers until they exist."""
+        out = []
+        for v in (self.obj.get("spec") or {}).get("volumes") or ():
+            if not isinstance(v, dict):
+                continue
+            for kind, src, key in (("configmaps", "configMap", "name"), ("secrets", "secret", "secretName")):
+                s = v.get(src)
+                if isinstance(s, dict) and not s.get("optional"):
+                    out.append((kind, str(s.get(key, ""))))
+        return out
+
     def __init__(self, obj: dict[str, Any], ip: str, node: str, log_max_size: int | None) -> None:
         md = obj["metadata"]
         spec = obj.get("spec") or {}

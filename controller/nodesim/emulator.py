@@ -143,15 +143,10 @@ class EmulatorKubelet:
 
     def check_volumes(self, p: SimPod) -> bool:
         missing = []
-        for v in (p.obj.get("spec") or {}).get("volumes") or ():
-            if not isinstance(v, dict):
-                continue
-            for kind, src, key in (("configmaps", "configMap", "name"), ("secrets", "secret", "secretName")):
-                s = v.get(src)
-                if isinstance(s, dict) and not s.get("optional"):
-                    b = self.store.buckets.get(("", kind))
-                    if b is not None and (p.ns, s.get(key, "")) not in b.objects:
-                        missing.append((kind, s.get(key, "")))
+        for kind, name in p.required_volumes():
+            b = self.store.buckets.get(("", kind))
+            if b is not None and (p.ns, name) not in b.objects:
+                missing.append((kind, name))
         for kind, name in missing:
             self.waiting.setdefault((p.ns, kind, name), set()).add(p.key)
         return not missing

@@ -453,25 +453,13 @@ class ApiNode:
     def check_volumes(self, p: SimPod) -> bool:
         if p.uid in self._volumes_ok:
             return True
-        needed = self._volume_sources(p)
+        needed = p.required_volumes()
         if not needed:
             self._volumes_ok.add(p.uid)
             return True
         if p.uid not in self._volume_checks:
             self._volume_checks[p.uid] = asyncio.ensure_future(self._wait_volumes(p, needed))
         return False
-
-    @staticmethod
-    def _volume_sources(p: SimPod) -> list[tuple[str, str]]:
-        out = []
-        for v in (p.obj.get("spec") or {}).get("volumes") or ():
-            if not isinstance(v, dict):
-                continue
-            for kind, src, key in (("configmaps", "configMap", "name"), ("secrets", "secret", "secretName")):
-                s = v.get(src)
-                if isinstance(s, dict) and not s.get("optional"):
-                    out.append((kind, str(s.get(key, ""))))
-        return out
 
     async def _wait_volumes(self, p: SimPod, needed: list[tuple[str, str]]) -> None:
         try:
