@@ -275,7 +275,7 @@ class Capture:
         self.missing: str | None = None
         self.missing_bytes: int | None = None
         self.detail = ""
-        self.unreachable = False      # the node did not answer at some point
+        self.unreachable = False      # the node did not answer since the last stream was opened
         self.resumes = 0
         self._state_saved_at = float("-inf")
 
@@ -310,6 +310,9 @@ class Capture:
                 self.stream = await self.rt.client.stream_log(
                     self.namespace, self.pod_name, self.container, follow=not self.previous,
                     previous=self.previous, timestamps=True, since_time=self.lines.resume_since())
+                # The node answers again: what ends this stream is judged on its own (an earlier
+                # refusal, a 500 on the way, says nothing about how this one ends).
+                self.unreachable = False
                 return "open"
             except ApiError as exc:
                 if exc.status in (404, 400) and self.previous and self.lines.last_ts is None:
@@ -366,7 +369,7 @@ class Capture:
                 if ended is None:
                     # The pod is gone before the end could be confirmed: complete unless the last
                     # stream ended inside a line (where a cut connection most likely ends one).
-                    if self.lines.held or self.unreachable:
+                    if self.lines.held:
                         self._lose(self._cut_off(), "the log stream ended before its end could be "
                                                     "confirmed, and the pod is gone")
                     break
