@@ -367,20 +367,32 @@ async def _call(client: Client, method: str, path: str, body: Any = None, **kw: 
         await asyncio.sleep(0.5)
 
 
-async def _delete_pod_once_it_exists(client: Client, ns: str, name: str) -> None:
+async def _delete_pod_until_the_agent_ends(client: Client, ns: str, name: str) -> None:
     """Delete the agent's pod behind the controller's back — once it exists (under chaos it may be
-    created late); not if the agent ended first."""
-    deadline = time.monotonic() + 120
+    created late), and again if the controller creates it anew (a pod it had not recorded yet is
+    re-created, not taken for lost) — until the agent ends; not if it ended first."""
+    deadline = time.monotonic() + 180
+    deleted: set[str] = set()
     while True:
-        try:
-            await _call(client, "DELETE", f"/api/v1/namespaces/{ns}/pods/{name}")
-            return
-        except HttpError as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
         agent = await _call(client, "GET", agents_path(ns, name))
         if (agent.get("status") or {}).get("phase") in TERMINAL:
+            if deleted:
+                return
             raise HttpError(404, {"message": "the agent ended before its pod could be deleted"})
+        try:
+            pod = await _call(client, "GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+        except HttpError as exc:
+            if exc.status != 404:
+                raise
+            pod = None
+        uid = (pod or {}).get("metadata", {}).get("uid")
+        if uid and uid not in deleted:
+            with contextlib.suppress(HttpError):      # (404/409: gone, or another pod by now)
+                await _call(client, "DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
+                            {"preconditions": {"uid": uid}})
+            deleted.add(uid)
+        if time.monotonic() > deadline:
+            raise HttpError(408, {"message": "the agent did not end after its pod was deleted"})
         await asyncio.sleep(0.5)
 
 
@@ -444,7 +456,7 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
             elif p.ending == "delete":
                 await _call(client, "DELETE", agents_path(ns, p.name))
             elif p.ending == "pod_delete":
-                await _delete_pod_once_it_exists(client, ns, p.name)
+                await _delete_pod_until_the_agent_ends(client, ns, p.name)
             figures.driver[f"{p.ending}: done"] += 1
         except HttpError as exc:                      # (404: it ended before, or its pod is not there yet)
             figures.driver[f"{p.ending}: {exc.status}"] += 1
@@ -530,8 +542,7 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
         timeout = quiesce_timeout if quiesce_timeout is not None else 300.0 + len(plan.agents) * 0.2
         quiet = await _quiesce(client, ns, timeout)
         quiesced = time.monotonic() - active_end
-        leader = await _leader(client, ns)
-        metrics = replicas.procs[leader if leader is not None else 0].metrics()
+        metrics, gauge_lag = await _settled_metrics(client, ns, replicas)
         report = await check(world, client, ns, plan, metrics)
         report["namespace"], report["metrics"] = ns, metrics
         report["figures"] = {
@@ -539,7 +550,7 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
             "endings": dict(Counter(p.ending for p in plan.agents)),
             "faults": dict(figures.faults), "kills": figures.kills, "kills_mid_cleanup": figures.kills_mid_cleanup,
             "active_seconds": round(active_end - t0, 1), "quiescence_seconds": round(quiesced, 1),
-            "quiesced": quiet, "agents_per_second": round(len(plan.agents) / max(0.001, time.monotonic() - t0), 2),
+            "quiesced": quiet, "phase_gauge_settled_seconds": gauge_lag, "agents_per_second": round(len(plan.agents) / max(0.001, time.monotonic() - t0), 2),
             "driver": dict(figures.driver), "notes": figures.notes, "driver_failures": failures,
         }
         if not quiet:
@@ -573,6 +584,27 @@ def fill_volume(path: Path) -> None:
                 pass
     finally:
         os.close(fd)
+
+
+async def _settled_metrics(client: Client, ns: str, replicas: Replicas,
+                           timeout: float = 60.0) -> tuple[str, float | None]:
+    """The leader's /metrics once its phase gauge agrees with the objects (its watch may still be
+    catching up on the last writes of a replica that was killed or paused), for up to `timeout`;
+    then the last scrape as it is (the check says where it differs). And how long that took."""
+    start = time.monotonic()
+    while True:
+        leader = await _leader(client, ns)
+        try:
+            metrics = replicas.procs[leader if leader is not None else 0].metrics()
+        except Exception:  # noqa: BLE001 - between a leader's loss and the next's start
+            metrics = ""
+        objects = Counter((a.get("status") or {}).get("phase") for a in await _agents(client, ns))
+        gauge = _gauge(metrics)
+        if metrics and all(int(gauge.get(ph, 0)) == objects.get(ph, 0) for ph in set(gauge) | {k for k in objects if k}):
+            return metrics, round(time.monotonic() - start, 1)
+        if time.monotonic() - start > timeout:
+            return metrics, None
+        await asyncio.sleep(1)
 
 
 async def _quiesce(client: Client, ns: str, timeout: float) -> bool:

@@ -85,7 +85,8 @@ def markdown(result: dict[str, Any]) -> str:
                   "", f"Endings: {f.get('endings')}.", "",
                   f"Faults injected: {f.get('faults')}; controller SIGKILLs {f.get('kills')} "
                   f"({f.get('kills_mid_cleanup')} mid-cleanup). Active {f.get('active_seconds')} s, quiescence "
-                  f"{f.get('quiescence_seconds')} s, {f.get('agents_per_second')} agents/s overall.", "",
+                  f"{f.get('quiescence_seconds')} s (the leader's phase gauge agreeing {f.get('phase_gauge_settled_seconds')} s "
+                  f"later), {f.get('agents_per_second')} agents/s overall.", "",
                   "| invariant / count | value |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in sorted((chaos.get("counts") or {}).items())]
         for note in f.get("notes") or []:

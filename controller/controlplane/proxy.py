@@ -179,7 +179,10 @@ class ApiProxy:
                 return web.Response(status=code, text=json.dumps(fault.status_body()),
                                     content_type="application/json", headers=extra)
         assert self._session is not None
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:       # the caller went away (killed) while sending its body
+            return web.Response(status=499)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         if "Authorization" not in request.headers and self.upstream.token:
             headers["Authorization"] = f"Bearer {self.upstream.token}"
