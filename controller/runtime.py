@@ -7,9 +7,10 @@ import asyncio
 import ctypes
 import datetime
 import json
+import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ from .metrics import Metrics
 from .names import label_value
 from .podwatch import PodCache
 from .workqueue import WorkQueue, retry_delay
+
+log = logging.getLogger(__name__)
+_GONE_REMEMBERED = 10_000     # uids of Agents seen deleted, kept so that a list made before is not believed
 
 _malloc_trim: Any = None
 
@@ -98,6 +102,7 @@ class Runtime:
     refusals: dict[str, CreateRefusal] = field(default_factory=dict)   # agent uid -> last refused creation
     leftovers: set[str] = field(default_factory=set)   # agent uids the sweep found leftovers of
     phases: dict[str, str] = field(default_factory=dict)      # agent uid -> phase last seen on the watch
+    gone: OrderedDict[str, None] = field(default_factory=OrderedDict)   # agent uids seen deleted (latest)
     terminal_at: dict[str, datetime.datetime] = field(default_factory=dict)  # uid -> when this process saw it end
     archive_failing: set[str] = field(default_factory=set)   # agent uids whose pod is kept: archive failing
     retrying: dict[str, float] = field(default_factory=dict)   # agent uid -> Unix time its cleanup first failed
@@ -143,6 +148,19 @@ class Runtime:
             if api.is_terminal(phase):
                 self.terminal_at.setdefault(uid, self.clock())
 
+    def phases_listed(self, agents: Iterable[Mapping[str, Any]]) -> None:
+        """The sweep's list of the Agents: one the watch never showed this process is added to the
+        phase gauge (as an informer's resync would), and said — the gauge counts every Agent."""
+        missed = []
+        for agent in agents:
+            uid = str((agent.get("metadata") or {}).get("uid", ""))
+            if uid and uid not in self.phases and uid not in self.gone:
+                self.phases[uid] = str((agent.get("status") or {}).get("phase") or "")
+                missed.append((agent.get("metadata") or {}).get("name", ""))
+        if missed:
+            log.warning("the Agent watch had not shown %d Agents the sweep listed (now counted): %s",
+                        len(missed), ", ".join(sorted(missed)[:20]))
+
     def remember(self, body: Mapping[str, Any]) -> None:
         """Keep the little of an Agent that a sync started by a pod event needs (compact JSON): what
         decide() reads and what a status write needs (resourceVersion, conditions) — not the pod
@@ -181,6 +199,9 @@ class Runtime:
     def forget_agent(self, uid: str) -> None:
         """The Agent is gone: drop what this process remembered of it."""
         self.phases.pop(uid, None)
+        self.gone[uid] = None
+        while len(self.gone) > _GONE_REMEMBERED:
+            self.gone.popitem(last=False)
         self.children.forget(uid)
         self.refusals.pop(uid, None)
         self.leftovers.discard(uid)

@@ -240,7 +240,10 @@ class Sweeper:
         scopes: list[str | None] = list(rt.namespaces) or [None]
         report = SweepReport()
         listed_at = time.monotonic()
-        classifier = Classifier(await self._list_agents(scopes), rt.clock(), set(rt.archive_failing))
+        agents = await self._list_agents(scopes)
+        rt.phases_listed(agents)
+        classifier = Classifier(agents, rt.clock(), set(rt.archive_failing))
+        del agents
         leaks = await self._classify_children(scopes, classifier, report)
         del classifier
         leaks = await self._confirm_orphans(leaks, report)
