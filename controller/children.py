@@ -14,7 +14,7 @@ resource name, securityContext field by field.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import GROUP, KIND, VERSION
@@ -313,14 +313,19 @@ def _check_spec_fields(spec: Mapping[str, Any]) -> None:
         raise InvalidSpec("spec.env must be a list of objects with a name")
 
 
+def _check_field_types(obj: Mapping[str, Any], where: str, lists: Iterable[str], objects: Iterable[str]) -> None:
+    """The fields of `obj` that must be lists or objects are (when set)."""
+    for key in lists:
+        if key in obj and obj[key] is not None and not isinstance(obj[key], list):
+            raise InvalidSpec(f"{where}.{key} must be a list")
+    for key in objects:
+        if key in obj and obj[key] is not None and not isinstance(obj[key], dict):
+            raise InvalidSpec(f"{where}.{key} must be an object")
+
+
 def _check_template_shape(tspec: Mapping[str, Any]) -> None:
     """The template's structure, before anything is merged (each error names the field)."""
-    for key in _LIST_FIELDS:
-        if key in tspec and tspec[key] is not None and not isinstance(tspec[key], list):
-            raise InvalidSpec(f"{TS}.{key} must be a list")
-    for key in _OBJECT_FIELDS:
-        if key in tspec and tspec[key] is not None and not isinstance(tspec[key], dict):
-            raise InvalidSpec(f"{TS}.{key} must be an object")
+    _check_field_types(tspec, TS, _LIST_FIELDS, _OBJECT_FIELDS)
     if tspec.get("ephemeralContainers"):
         raise InvalidSpec(f"{TS}.ephemeralContainers: cannot be set when a pod is created")
     seen: dict[str, str] = {}
@@ -334,12 +339,7 @@ def _check_template_shape(tspec: Mapping[str, Any]) -> None:
                 raise InvalidSpec(f"{where}.name: Duplicate value: {c['name']!r} (also {first}); "
                                   "container names must be unique across containers and initContainers")
             seen[c["name"]] = where
-            for field in _CONTAINER_LIST_FIELDS:
-                if field in c and c[field] is not None and not isinstance(c[field], list):
-                    raise InvalidSpec(f"{where}.{field} must be a list")
-            for field in _CONTAINER_OBJECT_FIELDS:
-                if field in c and c[field] is not None and not isinstance(c[field], dict):
-                    raise InvalidSpec(f"{where}.{field} must be an object")
+            _check_field_types(c, where, _CONTAINER_LIST_FIELDS, _CONTAINER_OBJECT_FIELDS)
             for j, e in enumerate(c.get("env") or []):
                 if not isinstance(e, dict) or not isinstance(e.get("name"), str):
                     raise InvalidSpec(f"{where}.env[{j}] must be an object with a name")
