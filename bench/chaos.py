@@ -356,8 +356,8 @@ class Replicas:
 
 async def _call(client: Client, method: str, path: str, body: Any = None, **kw: Any) -> Any:
     """The driver's own request (straight to the API server, not through the proxy), retried while
-    the API server is away (restarting: connection refused, 5xx, 429) — for up to a minute."""
-    deadline = time.monotonic() + 60
+    the API server is away (restarting: connection refused, 5xx, 429) — for up to two minutes."""
+    deadline = time.monotonic() + 120
     while True:
         try:
             return await client.call(method, path, body, **kw)
@@ -442,13 +442,24 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
     async def at(t: float) -> None:
         await asyncio.sleep(max(0.0, t0 + t - time.monotonic()))
 
+    created: dict[str, asyncio.Future[float]] = {p.name: asyncio.get_running_loop().create_future()
+                                                 for p in plan.agents}
+
     async def create(p: AgentPlan) -> None:
         await at(p.create_at)
-        await _call(client, "POST", agents_path(ns), {"apiVersion": "agentcontroller.dev/v1alpha1", "kind": "Agent",
-                                                    "metadata": {"name": p.name}, "spec": agent_spec(p, lost_spec)})
+        try:
+            await _call(client, "POST", agents_path(ns), {"apiVersion": "agentcontroller.dev/v1alpha1",
+                                                        "kind": "Agent", "metadata": {"name": p.name},
+                                                        "spec": agent_spec(p, lost_spec)})
+        finally:
+            created[p.name].set_result(time.monotonic())
 
     async def end(p: AgentPlan) -> None:
         await at(p.end_at)
+        # A creation that waited out the API server's absence: the agent keeps its planned lifetime.
+        late = await created[p.name] - (t0 + p.create_at)
+        if late > 0:
+            await asyncio.sleep(max(0.0, t0 + p.end_at + late - time.monotonic()))
         try:
             if p.ending == "terminate":
                 await _call(client, "PATCH", agents_path(ns, p.name), {"spec": {"terminate": True}},
@@ -657,6 +668,7 @@ async def check(world: World, client: Client, ns: str, plan: Plan, metrics: str)
         violations.append(f"managed objects left: {left}")
     root = world.archive / ns
     by_plan = {p.name: p for p in plan.agents}
+    never_seen: set[str] = set()        # deleted before any controller saw them: nothing to clean up
     for name, p in by_plan.items():
         a = agents.get(name)
         if p.ending == "delete":
@@ -695,6 +707,7 @@ async def check(world: World, client: Client, ns: str, plan: Plan, metrics: str)
             # Deleted before any controller saw it (its finalizer patch failed, the leader away):
             # no pod ever ran, nothing to archive, nothing left (checked above).
             counts["deleted_before_its_pod_ran"] += 1
+            never_seen.add(name)
             continue
         if len(finals) != 1:
             violations.append(f"{name}: {len(finals)} archives")
@@ -711,7 +724,7 @@ async def check(world: World, client: Client, ns: str, plan: Plan, metrics: str)
     for e in (await _call(client, "GET", f"/api/v1/namespaces/{ns}/events"))["items"]:
         if e.get("reason") == "CleanedUp" and (e.get("involvedObject") or {}).get("kind") == "Agent":
             cleaned_up[e["involvedObject"].get("name", "")] += int(e.get("count") or 1)
-    for name in by_plan:
+    for name in set(by_plan) - never_seen:
         n = cleaned_up.get(name, 0)
         counts["cleanups_recorded_once" if n == 1 else "cleanups_without_their_event" if n == 0
                else "cleanups_recorded_twice"] += 1

@@ -75,6 +75,9 @@ def now_rfc3339(t: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
 
 
+REPORT_RETRY_SECONDS = 60.0   # a scripted report tries again this long (see NodeRuntime._report)
+
+
 @dataclass
 class ApiEndpoint:
     """Where a pod reaches the API server."""
@@ -709,23 +712,33 @@ class NodeRuntime:
         ep = self.host.api_endpoint()
         url = f"{ep.url}/apis/{api_version}/namespaces/{p.ns}/agents/{agent}/status"
         rec: dict[str, Any] = {"namespace": p.ns, "pod": p.name, "agent": agent, "report": report}
-        try:
-            token = await self.host.pod_token(p, None, 3607)
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
-            import json
+        # As `agentctl report` does: what may pass (no answer, 429, 5xx) is tried again, here for up
+        # to REPORT_RETRY_SECONDS (an API server restart on a loaded control plane takes a while).
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + REPORT_RETRY_SECONDS, 0.2
+        while True:
+            try:
+                token = await self.host.pod_token(p, None, 3607)
+                if self._session is None:
+                    self._session = aiohttp.ClientSession()
+                import json
 
-            async with self._session.patch(
-                url,
-                data=json.dumps({"status": report}),
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"},
-                ssl=ep.ssl if ep.ssl is not None else True,
-            ) as resp:
-                rec["code"] = resp.status
-                rec["body"] = await resp.text()
-        except Exception as e:  # noqa: BLE001
-            rec["code"] = 0
-            rec["body"] = repr(e)
+                async with self._session.patch(
+                    url,
+                    data=json.dumps({"status": report}),
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"},
+                    ssl=ep.ssl if ep.ssl is not None else True,
+                ) as resp:
+                    rec["code"] = resp.status
+                    rec["body"] = await resp.text()
+            except Exception as e:  # noqa: BLE001
+                rec["code"] = 0
+                rec["body"] = repr(e)
+            if not (rec["code"] == 0 or rec["code"] == 429 or rec["code"] >= 500) or loop.time() + delay > deadline \
+                    or not self.alive(p):
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
         self.reports.append(rec)
 
     def container_exit(self, p: SimPod, c: SimContainer, code: int, reason: str | None = None,
