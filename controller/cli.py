@@ -192,12 +192,15 @@ def _without_kubernetes_client() -> None:
         sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 
+LEASE_LOST_EXIT_SECONDS = 10.0   # a replica that lost its Lease exits within this, stopping done or not
+
+
 async def _run_until_signal(options: Any) -> None:
     """kopf stops the operator on SIGINT/SIGTERM itself (its handlers, in the main thread). A stop flag
     of our own would be left unset and kopf would wait 5 s for its waiter task before exiting."""
     from .operator import run
 
-    await run(options)
+    await run(options, exit_after_lease_lost=LEASE_LOST_EXIT_SECONDS)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import sys
 import threading
 import time
@@ -165,9 +166,14 @@ RECURSION_LIMIT = 25_000
 
 async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Sweeper | None = None,
               health: HealthServer | None = None, elector: LeaderElector | None = None,
-              stop_flag: Any = None, ready_flag: Any = None) -> None:
+              stop_flag: Any = None, ready_flag: Any = None,
+              exit_after_lease_lost: float | None = None) -> None:
     """Run the controller until `stop_flag` is set (or forever). With leader election, wait for the
-    Lease first (serving /healthz and /metrics meanwhile) and raise LeaseLost if it is lost."""
+    Lease first (serving /healthz and /metrics meanwhile) and raise LeaseLost if it is lost.
+    `exit_after_lease_lost` (the CLI's process only): once the Lease is lost, the process exits
+    after at most this many seconds even if stopping hangs (a sync stuck on a request), as
+    kube-controller-manager exits at once — a replica that lost its Lease and never exits would
+    stand in nobody's way but also never stand by again."""
     from . import handlers
 
     # An Agent's podTemplate may be nested thousands of levels deep (the API server stores up to
@@ -195,6 +201,8 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
             async def hold() -> None:
                 await elector.hold()
                 lost.set()
+                if exit_after_lease_lost is not None:
+                    _exit_unless_stopped_within(exit_after_lease_lost)
                 if stop_flag is not None:
                     stop_flag.set()
             rt.spawn("leader-election", hold())
@@ -247,6 +255,17 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
     if lost.is_set():
         raise LeaseLost(f"lost the leader-election lease {elector.namespace}/{elector.name}"  # type: ignore[union-attr]
                         " and stopped; exiting so that a new process stands by")
+
+
+def _exit_unless_stopped_within(seconds: float) -> None:
+    """A watchdog thread: the process exits (status 1) in `seconds` unless it has by then."""
+    def expire() -> None:
+        log.error("leader election: the lease is lost and stopping took over %.0fs: exiting now", seconds)
+        logging.shutdown()
+        os._exit(1)
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 class BackgroundController:

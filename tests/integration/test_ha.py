@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import leftovers, script, wait_for
 from test_lifecycle import archive_path, assert_manifest, cleaned
 from test_sweep import sample, scrape
@@ -175,3 +176,35 @@ def test_a_paused_leader_stops_before_the_new_one_takes_over(tmp_path, cluster, 
     assert archived.startswith(b"before the end\nterminating\n")
     assert b"before the end\nterminating\nstill flushing\n".startswith(archived)
     assert agent["status"]["cleanup"]["verifiedNoLeaks"] is True
+
+
+def test_a_leader_whose_stopping_hangs_still_exits_once_its_lease_is_lost(tmp_path, cluster, api, ns, lease_ns):
+    """The archive volume hangs (as a lost NFS server does): a read of the agent's capture never
+    returns, and a thread blocked in it cannot be cancelled. Then the leader's Lease renewals hang:
+    it loses the Lease and its process exits within LEASE_LOST_EXIT_SECONDS although stopping cannot
+    finish — not a replica that neither leads nor ever stands by again, its /healthz still ok
+    (found by the chaos run on the control plane)."""
+    kubeconfig = cluster.kubeconfig_path(str(tmp_path / "kubeconfig"), token=getattr(cluster, "controller_token", None))
+    url = getattr(cluster, "controller_url", None)      # on the control plane: through the fault proxy
+    if url is not None:
+        config = yaml.safe_load(Path(kubeconfig).read_text())
+        for entry in config["clusters"]:
+            entry["cluster"] = {"server": url}
+        Path(kubeconfig).write_text(yaml.safe_dump(config))
+    archive = tmp_path / "archive"
+    created = api.create_agent(ns, "stuck", {"image": "agent:1", "env": script([{"log": "x\n"}, {"sleep": 3600}])})
+    capture = archive / ns / "stuck" / f".{created['metadata']['uid']}.capture"
+    capture.mkdir(parents=True)
+    os.mkfifo(capture / "agent.log.state")          # reading it blocks: the hung volume
+    first = run_replica(kubeconfig, archive, ns, tmp_path / "first.log", lease_ns)
+    try:
+        wait_for(lambda: holder(api, lease_ns), timeout=FAILSAFE, message="the replica holds the lease")
+        wait_for(lambda: api.agent(ns, "stuck").get("status", {}).get("phase") == "Running", timeout=FAILSAFE)
+        cluster.faults.inject(verb="update", resource="leases", namespace=lease_ns, hang=True, times=None)
+        assert first.wait(timeout=FAILSAFE) == 1
+        assert "stopping took over" in (tmp_path / "first.log").read_text()
+    finally:
+        cluster.faults.clear()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
