@@ -328,6 +328,24 @@ class Replicas:
                                         env={"POD_NAME": f"replica-{i}"})
                       for i in range(count)]
         self.paused: set[int] = set()
+        self.restarting: set[int] = set()
+
+    async def supervise(self, restarted: Counter[str]) -> None:
+        """As a kubelet restarts a container that exited (a replica that lost its Lease exits so
+        that a new process stands by): every exited replica is started again."""
+        while True:
+            for i, proc in enumerate(self.procs):
+                if i in self.paused or i in self.restarting or proc.proc is None or proc.proc.poll() is None:
+                    continue
+                self.restarting.add(i)
+                try:
+                    await asyncio.to_thread(self.restart, i)
+                    restarted["replica_exited_and_restarted"] += 1
+                except RuntimeError:
+                    pass                   # tried again on the next round
+                finally:
+                    self.restarting.discard(i)
+            await asyncio.sleep(0.5)
 
     def start(self) -> None:
         for p in self.procs:
@@ -500,12 +518,18 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
             i = i if i is not None and i not in replicas.paused else rng.randrange(len(replicas.procs))
             if i in replicas.paused:
                 return
+            if i in replicas.restarting:
+                return
             if await mid_cleanup():
                 figures.kills_mid_cleanup += 1
-            replicas.procs[i].kill()
-            figures.kills += 1
-            await asyncio.sleep(rng.uniform(0.1, 1.0))
-            await asyncio.to_thread(replicas.restart, i)
+            replicas.restarting.add(i)
+            try:
+                replicas.procs[i].kill()
+                figures.kills += 1
+                await asyncio.sleep(rng.uniform(0.1, 1.0))
+                await asyncio.to_thread(replicas.restart, i)
+            finally:
+                replicas.restarting.discard(i)
         elif e.kind == "api_restart":
             figures.notes.append("API server: " + await asyncio.to_thread(world.restart_api_server))
             figures.faults["api_server_restart"] += 1
@@ -531,6 +555,7 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
             replicas.paused.discard(i)
 
     steady = _proxy_chaos(world.proxy.faults, fault_rate) if fault_rate > 0 else []
+    supervisor = asyncio.ensure_future(replicas.supervise(figures.faults))
     creations = asyncio.ensure_future(asyncio.gather(*(create(p) for p in plan.agents), return_exceptions=True))
     tasks = [asyncio.ensure_future(end(p)) for p in plan.agents if p.ending in ("terminate", "delete", "pod_delete")]
     tasks += [asyncio.ensure_future(event(e)) for e in plan.events]
@@ -554,6 +579,7 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
         quiet = await _quiesce(client, ns, timeout)
         quiesced = time.monotonic() - active_end
         metrics, gauge_lag = await _settled_metrics(client, ns, replicas)
+        supervisor.cancel()
         report = await check(world, client, ns, plan, metrics)
         report["namespace"], report["metrics"] = ns, metrics
         report["figures"] = {
@@ -569,6 +595,7 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
         report["ok"] = not report["violations"]
         return report
     finally:
+        supervisor.cancel()
         world.proxy.faults.clear()
         replicas.stop()
         world.unmount_archive()
