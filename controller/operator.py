@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiohttp
 import kopf
 
-from . import DEFAULT_ARCHIVE_DIR, GROUP, PLURAL, VERSION
+from . import DEFAULT_ARCHIVE_DIR, GROUP, PLURAL, VERSION, api
 from .archive import Archive
 from .health import HealthServer
 from . import notice
@@ -51,7 +51,7 @@ class Options:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     listen_host: str = "0.0.0.0"
-    force_delete_after: float = 30.0
+    force_delete_after: float = api.FORCE_DELETE_AFTER_GRACE_SECONDS
     clock: Callable[[], Any] = utcnow
 
 
