@@ -43,6 +43,7 @@ STREAM_DRAIN_SECONDS = 10.0      # after the pod is gone, how long its log strea
 MAX_RESUMES = 20                 # broken streams resumed per log before it is recorded incomplete
 DEFAULT_LOG_TIMEOUT = float(api.DEFAULTS["cleanup.logTimeoutSeconds"])
 CAPTURE_RETRY_SECONDS = 2.0      # a running pod whose logs could not be opened yet: try again this soon
+STILL_RUNNING_WAIT_SECONDS = 1.0  # a stream that keeps ending while its container runs: retried this often
 STATE_EVERY_SECONDS = 1.0        # how often a log's resume state (.state) is saved while it streams
 
 ExtraFiles = Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]
@@ -345,10 +346,14 @@ class Capture:
         """Stream -> file until the container's log ends. A stream that breaks is resumed; one that
         ends is not trusted (a kubelet connection cut short ends the API's answer as if complete): the
         log has ended when its last line, as the node serves it now, is the last one read (_ended)."""
+        quiet = False        # the last stream ended where the node's log ends, the container running
         try:
             while self.stream is not None:
+                read = self.lines.bytes
                 try:
                     await self._pump(self.stream)
+                    if self.lines.bytes != read:
+                        quiet = False
                 except _STREAM_ERRORS as exc:
                     self.stream = None
                     exact = self.lines.broken()
@@ -373,8 +378,17 @@ class Capture:
                         self._lose(self._cut_off(), "the log stream ended before its end could be "
                                                     "confirmed, and the pod is gone")
                     break
-                if ended:
+                if ended and await self._stopped_writing():
                     break
+                if ended:
+                    # The last line read is the node's last line, but the container still runs: a
+                    # stream cut at a line boundary while the agent is quiet looks just like the
+                    # end. Follow it again — at once the first time (the pod may be stopped any
+                    # moment: the stream must be open by then), and after that once the pod
+                    # changes (its container's end reported) or a second has passed.
+                    if quiet:
+                        await self.rt.pods.wait_changed(str(self.pod_uid), STILL_RUNNING_WAIT_SECONDS)
+                    quiet = True
                 if not await self._resume():
                     self._lose(self._cut_off(), "the log stream kept ending before the log's end")
                     break
@@ -388,6 +402,26 @@ class Capture:
         finally:
             if self.stream is not None:
                 self.stream.close()
+
+    async def _stopped_writing(self) -> bool:
+        """Has this log's container stopped (so a stream that ended at its last line saw its end)?
+        A previous log always has; otherwise the pod cache, then the API server, says."""
+        if self.previous:
+            return True
+        info = self.rt.pods.get(str(self.pod_uid))
+        if info is not None and (self.container in info.terminated or info.state.phase in POD_FINISHED):
+            return True
+        try:
+            pod = await self.rt.client.get_same(PODS, {"metadata": {
+                "namespace": self.namespace, "name": self.pod_name, "uid": self.pod_uid}})
+        except (ApiError, *_STREAM_ERRORS):
+            return False
+        if pod is None:
+            return True
+        status = pod.get("status") or {}
+        return status.get("phase") in POD_FINISHED or any(
+            cs.get("name") == self.container and "terminated" in (cs.get("state") or {})
+            for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))
 
     def _cut_off(self) -> str:
         """Why the rest could not be read: the node did not answer (at some point), or the stream."""

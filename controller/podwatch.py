@@ -42,6 +42,7 @@ class PodInfo:
     state: PodState
     containers: tuple[str, ...] = ()    # init containers, then containers
     restarted: tuple[str, ...] = ()     # containers that restarted (their previous log is archived too)
+    terminated: tuple[str, ...] = ()    # containers whose current state is terminated (they write no more)
     version: int = 0                    # resourceVersion: an older body never replaces a newer one
 
     @classmethod
@@ -56,12 +57,14 @@ class PodInfo:
             containers = shapes.setdefault(containers, containers)
         restarted = tuple(str(cs.get("name")) for cs in (status.get("initContainerStatuses") or [])
                           + (status.get("containerStatuses") or []) if int(cs.get("restartCount") or 0) > 0)
+        terminated = tuple(str(cs.get("name")) for cs in (status.get("initContainerStatuses") or [])
+                           + (status.get("containerStatuses") or []) if "terminated" in (cs.get("state") or {}))
         try:
             version = int(str(meta.get("resourceVersion") or 0))
         except ValueError:
             version = 0
         return cls(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), str(owner),
-                   PodState.from_body(pod), containers, restarted, version)
+                   PodState.from_body(pod), containers, restarted, terminated, version)
 
     @property
     def owner_uid(self) -> str:
@@ -88,6 +91,7 @@ class PodCache:
         self._by_owner: dict[str, dict[str, PodInfo]] = {}     # agent-uid label -> pod uid -> pod
         self._by_name: dict[tuple[str, str], PodInfo] = {}
         self._gone: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, asyncio.Event] = {}
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._tombstones: dict[str, None] = {}      # UIDs of pods seen deleted (the latest TOMBSTONES)
         self.synced = asyncio.Event()
@@ -117,8 +121,10 @@ class PodCache:
             self._unown(old)
         self._by_owner.setdefault(info.owner_uid, {})[info.uid] = info
         self._by_name[(info.namespace, info.name)] = info
-        if self.on_change is not None and (old is None or dataclasses.replace(old, version=info.version) != info):
-            self.on_change(old, info)
+        if old is None or dataclasses.replace(old, version=info.version) != info:
+            self._wake(info.uid)
+            if self.on_change is not None:
+                self.on_change(old, info)
 
     def remove(self, uid: str) -> None:
         old = self._by_uid.pop(uid, None)
@@ -137,6 +143,7 @@ class PodCache:
         waiter = self._gone.pop(uid, None)
         if waiter is not None:
             waiter.set()
+        self._wake(uid)
         if old is not None and self.on_change is not None:
             self.on_change(old, None)
 
@@ -172,6 +179,21 @@ class PodCache:
             return True
         except TimeoutError:
             return False        # (the Event stays for the other waiters: remove() drops it)
+
+
+    def _wake(self, uid: str) -> None:
+        waiter = self._changed.pop(uid, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_changed(self, uid: str, timeout: float) -> bool:
+        """True once what is known of the pod of this UID changes (or it is gone) within `timeout`."""
+        event = self._changed.setdefault(uid, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
 
 class PodWatcher:

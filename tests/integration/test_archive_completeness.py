@@ -84,6 +84,29 @@ def test_a_broken_stream_of_a_stopping_pod_is_resumed(api, ns, controller, archi
     assert agent["status"]["cleanup"]["logsComplete"] is True
 
 
+def test_a_stream_cut_while_the_agent_is_quiet_is_followed_again(api, ns, controller, archive_dir):
+    """The stream is cut right after the agent's last line so far, while it runs and writes nothing:
+    the node's last line is the last one read, yet this is not the end (c0588 of the chaos run: an
+    agent.log sealed complete and empty). What it writes later — here in its grace period — is kept."""
+    first = b"2026-01-01T00:00:00.000000000Z one\n"      # the first line as the stream serves it
+    api.create_agent(ns, "quiet", {"image": "agent:1", "cleanup": {"gracePeriodSeconds": 30},
+                                   "podTemplate": simulated_script(
+        {"steps": [{"log": "one\n"}, {"report": {"phase": "Working"}}, {"sleep": 3600}],
+         "onTerm": [{"sleep": 1}, {"log": "bye\n"}, {"exit": 0}]},
+        break_log_stream_after_bytes=str(len(first)), break_log_stream_times="1")})
+    agent = wait_for(lambda: (a := api.agent(ns, "quiet")).get("status", {}).get("phase") == "Working" and a)
+    capture = archive_dir / ns / "quiet" / f".{agent['metadata']['uid']}.capture" / "agent.log"
+    wait_for(lambda: capture.is_file() and capture.stat().st_size > 0, timeout=180,
+             message="the first line captured (its stream is cut after it)")
+    api.patch_agent(ns, "quiet", {"spec": {"terminate": True}})
+    agent = wait_for(cleaned(api, ns, "quiet"), timeout=120)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == b"one\nbye\n"
+    assert agent_entry(manifest)["complete"] is True
+    assert agent["status"]["cleanup"]["logsComplete"] is True
+
+
 def test_a_cut_stream_that_cannot_be_resumed_is_marked_incomplete(api, ns, controller, archive_dir):
     """Every stream is cut: whatever the archive holds, it does not claim to be complete."""
     total = 300_000

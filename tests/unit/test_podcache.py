@@ -233,3 +233,28 @@ async def test_a_waiter_timing_out_does_not_deafen_the_others():
     assert await cache.wait_gone("p1", timeout=0.01) is False
     cache.remove("p1")
     assert await asyncio.wait_for(patient, 0.3) is True     # failsafe: remove() wakes it at once
+
+
+def test_pod_info_knows_which_containers_have_terminated():
+    body = pod()
+    assert PodInfo.of(body).terminated == ()
+    body["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
+    assert PodInfo.of(body).terminated == (body["status"]["containerStatuses"][0]["name"],)
+
+
+@async_test
+async def test_wait_changed_wakes_on_a_change_and_on_removal():
+    cache = PodCache()
+    cache.upsert(pod(uid="p1"))
+    assert await cache.wait_changed("p1", 0.01) is False        # nothing changed
+    waiting = asyncio.ensure_future(cache.wait_changed("p1", 30))
+    await asyncio.sleep(0)
+    changed = pod(uid="p1")
+    changed["metadata"]["resourceVersion"] = "99"
+    changed["status"]["phase"] = "Succeeded"
+    cache.upsert(changed)
+    assert await waiting is True
+    waiting = asyncio.ensure_future(cache.wait_changed("p1", 30))
+    await asyncio.sleep(0)
+    cache.remove("p1")
+    assert await waiting is True
