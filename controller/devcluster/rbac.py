@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .selectors import label_selector_matches
@@ -31,10 +31,13 @@ _CACHE_MAX = 50_000
 
 @dataclass
 class UserInfo:
-    """An authenticated user (groups already include system:authenticated etc.)."""
+    """An authenticated user (groups already include system:authenticated etc.); ``uid`` and
+    ``extra`` as a TokenReview or SelfSubjectReview shows them (RBAC looks at name and groups only)."""
 
     name: str
     groups: list[str]
+    uid: str = ""
+    extra: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -219,6 +219,10 @@ def builtin_types() -> list[ResourceType]:
             "authentication.k8s.io", "v1", "selfsubjectreviews", "selfsubjectreview",
             "SelfSubjectReview", False, verbs=("create",), virtual=True,
         ),
+        ResourceType(
+            "authentication.k8s.io", "v1", "tokenreviews", "tokenreview",
+            "TokenReview", False, verbs=("create",), virtual=True,
+        ),
     ]
 
 

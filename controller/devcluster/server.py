@@ -15,10 +15,8 @@ import asyncio
 import base64
 import collections
 import hashlib
-import hmac
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -37,6 +35,7 @@ from .rbac import Attributes, Authorizer, UserInfo
 from .resources import ResourceType
 from .selectors import FieldSelector, LabelSelector
 from .store import BOOKMARK, ERROR, Store, Watcher
+from .tokens import Auth, request_token, review_token
 
 __all__ = ["ApiError", "ApiServer", "DevCluster"]
 
@@ -61,80 +60,11 @@ _PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 
 
 # ------------------------------------------------------------------------------------------
-# authentication
+# authentication: controller/devcluster/tokens.py (Auth, TokenRequest, TokenReview)
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _b64url_decode(s: str) -> bytes:
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-
-
-class Auth:
-    """Bearer tokens: static users and HS256-signed service-account JWTs."""
-
-    def __init__(self) -> None:
-        self.key = secrets.token_bytes(32)
-        self.tokens: dict[str, UserInfo] = {}
-        self.names: dict[str, str] = {}
-        self.admin_token = self.add_user("admin", ["system:masters"])
-
-    def add_user(self, name: str, groups: Iterable[str] = ()) -> str:
-        """Register a user; returns its bearer token."""
-        token = "dev-" + secrets.token_urlsafe(24)
-        gs = list(groups)
-        if "system:authenticated" not in gs:
-            gs.append("system:authenticated")
-        self.tokens[token] = UserInfo(name, gs)
-        self.names[name] = token
-        return token
-
-    def sa_token(self, ns: str, sa: str, uid: str = "") -> str:
-        """A service-account token (JWT, HS256) for ``system:serviceaccount:ns:sa``."""
-        header = {"alg": "HS256", "kid": "devcluster", "typ": "JWT"}
-        now = int(time.time())
-        payload = {
-            "aud": ["https://kubernetes.default.svc.cluster.local"],
-            "iss": "https://kubernetes.default.svc.cluster.local",
-            "iat": now,
-            "nbf": now,
-            "exp": now + 10 * 365 * 86400,
-            "sub": f"system:serviceaccount:{ns}:{sa}",
-            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa, "uid": uid}},
-        }
-        signing = _b64url(dumps(header)) + "." + _b64url(dumps(payload))
-        sig = hmac.new(self.key, signing.encode(), hashlib.sha256).digest()
-        return signing + "." + _b64url(sig)
-
-    def authenticate(self, token: str, sa_exists: Callable[[str, str, str], bool]) -> UserInfo | None:
-        """The user of ``token`` (None if invalid)."""
-        u = self.tokens.get(token)
-        if u is not None:
-            return u
-        parts = token.split(".")
-        if len(parts) != 3:
-            return None
-        signing = parts[0] + "." + parts[1]
-        try:
-            sig = _b64url_decode(parts[2])
-            want = hmac.new(self.key, signing.encode(), hashlib.sha256).digest()
-            if not hmac.compare_digest(sig, want):
-                return None
-            payload = loads(_b64url_decode(parts[1]))
-        except (ValueError, TypeError):
-            return None
-        k8s = payload.get("kubernetes.io") or {}
-        ns = k8s.get("namespace", "")
-        sa = (k8s.get("serviceaccount") or {}).get("name", "")
-        uid = (k8s.get("serviceaccount") or {}).get("uid", "")
-        if not ns or not sa or not sa_exists(ns, sa, uid):
-            return None
-        return UserInfo(
-            f"system:serviceaccount:{ns}:{sa}",
-            ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -571,11 +501,7 @@ class ApiServer:
         if h[:7].lower() != "bearer ":      # the scheme is case-insensitive (the Python client sends "bearer")
             return None
         token = h[7:].strip()
-        return self.auth.authenticate(token, self._sa_exists)
-
-    def _sa_exists(self, ns: str, sa: str, uid: str) -> bool:
-        e = self.store.buckets[("", "serviceaccounts")].objects.get((ns, sa))
-        return e is not None and (not uid or e.uid == uid)
+        return self.auth.authenticate(token, self.c._token_lookup)
 
     def _impersonate(self, request: web.Request, user: UserInfo) -> UserInfo:
         target = request.headers.get("Impersonate-User")
@@ -908,7 +834,8 @@ class ApiServer:
                     403,
                     "Forbidden",
                     self.authorizer.forbidden_message(user, attrs),
-                    {"name": info.name, "group": rt.group, "kind": rt.plural} if info.name else {"group": rt.group, "kind": rt.plural},
+                    {**({"name": info.name} if info.name else {}), **({"group": rt.group} if rt.group else {}),
+                     "kind": rt.plural},
                 )
         fault = self.faults.take(verb, info.resource_key, info.namespace, info.name)
         if fault is not None:
@@ -1162,33 +1089,29 @@ class ApiServer:
         return await self.c.kubelet.pods_log(request, info.namespace, info.name, e.obj)
 
     async def _token_request(self, request: web.Request, info: ReqInfo) -> web.StreamResponse:
-        e = self.store.get_entry(info.rt, info.namespace, info.name)
-        body = await self._body(request) or {}
-        spec = body.get("spec") or {} if isinstance(body, dict) else {}
-        exp = int(spec.get("expirationSeconds") or 3600)
-        token = self.auth.sa_token(info.namespace, info.name, e.uid)
-        return _json(
-            {
-                "kind": "TokenRequest",
-                "apiVersion": "authentication.k8s.io/v1",
-                "metadata": {"name": info.name, "namespace": info.namespace, "creationTimestamp": None},
-                "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"], "expirationSeconds": exp, "boundObjectRef": spec.get("boundObjectRef")},
-                "status": {"token": token, "expirationTimestamp": now_rfc3339(time.time() + exp)},
-            },
-            201,
-        )
+        body = await self._body(request)
+        return _json(request_token(self.auth, self.c._token_lookup, info.namespace, info.name, body), 201)
 
     async def _review(self, request: web.Request, user: UserInfo, rt: ResourceType) -> web.StreamResponse:
         body = await self._body(request)
         if not isinstance(body, dict):
             raise bad_request("expected an object")
+        if rt.kind == "TokenReview":
+            return _json(review_token(self.auth, self.c._token_lookup, body), 201)
         spec = body.get("spec") or {}
         out = dict(body)
         out["apiVersion"] = rt.api_version
         out["kind"] = rt.kind
         out.setdefault("metadata", {})["creationTimestamp"] = None
         if rt.kind == "SelfSubjectReview":
-            out["status"] = {"userInfo": {"username": user.name, "groups": list(user.groups)}}
+            out["metadata"]["creationTimestamp"] = now_rfc3339()
+            info: dict[str, Any] = {"username": user.name}
+            if user.uid:
+                info["uid"] = user.uid
+            info["groups"] = list(user.groups)
+            if user.extra:
+                info["extra"] = {k: list(v) for k, v in user.extra.items()}
+            out["status"] = {"userInfo": info}
             return _json(out, 201)
         subject = user
         if rt.kind == "SubjectAccessReview":
@@ -1285,6 +1208,13 @@ def _bootstrap_rbac() -> list[dict[str, Any]]:
                 {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
             ],
         ),
+        cr(
+            "system:auth-delegator",
+            [
+                {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+                {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+            ],
+        ),
         crb("cluster-admin", "cluster-admin", ["system:masters"]),
         crb("system:discovery", "system:discovery", ["system:authenticated"]),
         crb("system:basic-user", "system:basic-user", ["system:authenticated"]),
@@ -1343,10 +1273,11 @@ class DevCluster:
         # (after authentication, before authorization) as ``on_request(verb, resource, namespace, name,
         # user)``. Keep it cheap: it runs inline. The bench uses it to time-stamp the controller's pod DELETEs.
         self.on_request: Callable[[str, str, str, str, str], None] | None = None
-        from controller.nodesim import emulator as _nodesim
+        from .kubelet import DevClusterKubelet
 
-        self.kubelet = _nodesim.EmulatorKubelet(
+        self.kubelet = DevClusterKubelet(
             self.store,
+            request_token=lambda ns, sa, body: request_token(self.auth, self._token_lookup, ns, sa, body),
             run_sync=self._call,
             base_url=lambda: self.url,
             https_url=lambda: self.https_url,
@@ -1564,6 +1495,17 @@ class DevCluster:
     def add_user(self, name: str, groups: Iterable[str] = ()) -> str:
         """Register a user (with ``system:authenticated``); returns its bearer token."""
         return self.auth.add_user(name, groups)
+
+    def _token_lookup(self, resource: str, ns: str, name: str) -> dict[str, Any] | None:
+        """The object a token names (tokens.Lookup; on the server loop): a ServiceAccount, Pod,
+        Secret or Node — the emulator's one node has no Node object, so it is a name without uid."""
+        b = self.store.buckets.get(("", resource))
+        if b is not None:
+            e = b.objects.get((ns, name))
+            return e.obj if e is not None else None
+        if resource == "nodes" and name == self.kubelet.node_name:
+            return {"metadata": {"name": name}}
+        return None
 
     def service_account_token(self, ns: str, sa: str) -> str:
         """A token authenticating as ``system:serviceaccount:ns:sa`` (valid while the SA exists)."""
