@@ -16,6 +16,11 @@ The supervisor
 * on SIGTERM gives the process tree the grace period (``AGENT_GRACE_SECONDS``, default 5, less a
   small reserve for the final kill and check), then SIGKILLs the process group and every other
   descendant found in ``/proc``, and verifies that nothing survives (one line on stderr);
+* when ``AGENT_CONTROLLER_SHIP_URL`` is set (and output is piped), also ships the combined output
+  to the controller as it is read (:mod:`controller.agentctl.ship`: a bounded in-memory spool and
+  one background thread; never blocks or changes the passthrough), and once the tree is gone sends
+  the rest and the end of it, waiting at most ``AGENT_SHIP_FLUSH_SECONDS`` (default 10; after a
+  SIGTERM at most what is left of the grace period, at least 1 s);
 * when the child exits on its own, terminates stray descendants the same way, reports
   ``Completed``/``Failed`` to the Agent's status (only when ``AGENT_NAME`` is set) and exits with
   the child's code (128+N when it was killed by signal N).
@@ -33,6 +38,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.agentctl import ship
 
 PR_SET_CHILD_SUBREAPER = 36
 DEFAULT_GRACE_SECONDS = 5.0
@@ -236,10 +245,12 @@ class Outcome:
 
 
 class _Forward:
-    """Copies one pipe to one of our descriptors, counting; never blocks the agent on our output."""
+    """Copies one pipe to one of our descriptors, counting (and shipping, when a shipper is given);
+    never blocks the agent on our output."""
 
-    def __init__(self, source: int, target: int) -> None:
+    def __init__(self, source: int, target: int, shipper: ship.Shipper | None = None) -> None:
         self.source, self.target, self.count = source, target, 0
+        self.shipper = shipper
         self.thread = threading.Thread(target=self._run, name=f"forward-{target}", daemon=True)
         self.thread.start()
 
@@ -254,6 +265,8 @@ class _Forward:
                 if not data:
                     return
                 self.count += len(data)
+                if self.shipper is not None:
+                    self.shipper.put(data)    # never blocks, never raises
                 view = memoryview(data)
                 while view and not broken:
                     try:
@@ -283,6 +296,8 @@ class Supervisor:
         self.reaped = 0
         self.killed: set[int] = set()
         self._tty_handed = False
+        self.terminated_at: float | None = None
+        """When the first SIGTERM reached us (``time.monotonic``)."""
 
     # ------------------------------------------------------------------ processes
 
@@ -428,17 +443,31 @@ class Supervisor:
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             say(f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
             return Outcome(exit_code=code, exited_on_own=True, terminated=False)
+        shipper = _shipper() if pipes else None  # made here: its thread inherits the blocked signals
         forwards = []
         for (r, w), target in zip(pipes, (1, 2)):
             os.close(w)
-            forwards.append(_Forward(r, target))
+            forwards.append(_Forward(r, target, shipper))
         self._give_tty()
         outcome = self._supervise()
         for forward in forwards:
             forward.join(KILL_WAIT_SECONDS)    # the tree is gone: its pipes are closed
         if forwards:
             outcome.stdout_bytes, outcome.stderr_bytes = forwards[0].count, forwards[1].count
+        if shipper is not None:
+            # A forwarder still running (a pipe held open by an unkillable process) means the
+            # stream has not ended: ship what there is, but do not declare it complete.
+            drained = not any(forward.thread.is_alive() for forward in forwards)
+            shipper.close(self._flush_seconds(shipper), final=drained)
         return outcome
+
+    def _flush_seconds(self, shipper: ship.Shipper) -> float:
+        """How long the shipper may take to finish: its own bound, or after a SIGTERM what is left
+        of the grace period (at least 1 s)."""
+        if self.terminated_at is None:
+            return shipper.flush_seconds
+        left = self.terminated_at + self.grace - time.monotonic()
+        return min(shipper.flush_seconds, max(1.0, left))
 
     def _supervise(self) -> Outcome:
 
@@ -470,6 +499,8 @@ class Supervisor:
             self._signal_tree(info.si_signo)
             if info.si_signo == signal.SIGTERM:
                 terminated = True
+                if self.terminated_at is None:
+                    self.terminated_at = time.monotonic()
                 end = time.monotonic() + budget
                 deadline = end if deadline is None else min(deadline, end)
 
@@ -492,6 +523,16 @@ class Supervisor:
         if terminated or had_strays or survivors or self.killed:
             say(verification_line(outcome))
         return outcome
+
+
+def _shipper() -> ship.Shipper | None:
+    """The shipper the environment asks for (imported only then: ``ssl`` and ``http.client`` are
+    not needed otherwise)."""
+    if not os.environ.get("AGENT_CONTROLLER_SHIP_URL", "").strip():
+        return None
+    from controller.agentctl import ship
+
+    return ship.Shipper.from_env(os.environ)
 
 
 def verification_line(o: Outcome) -> str:
