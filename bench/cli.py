@@ -24,7 +24,7 @@ from .scenarios import Env, Sizes, burst, idle, scale
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("anchor", "burst", "idle", "scale", "chaos")
+PHASES = ("anchor", "burst", "idle", "scale", "chaos", "ship")
 DEFAULT_PHASES = ("burst", "idle", "scale")   # anchor: with --backend control-plane
 
 
@@ -94,6 +94,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "anchor" in phases and args.backend != "control-plane":
         raise SystemExit("the anchor phase needs --backend control-plane (kube-controller-manager on the same "
                          "API server); emulator figures are no comparison")
+    if "ship" in phases:
+        if phases != ["ship"]:
+            raise SystemExit("the ship phase runs alone (bench/ship.py: the ship endpoint and agentctl run's "
+                             "shipper, no API server): --phases ship")
+        from .ship import ship_phase
+
+        agents = args.agents if args.agents is not None else (2 if args.quick else 20)
+        report = await ship_phase(agents, 5 if args.quick else 50)
+        log.info("ship: %s", _brief(report))
+        out: dict[str, Any] = {"backend": report["backend"], "date": datetime.date.today().isoformat(),
+                               "quick": bool(args.quick), "machine": machine_info(), "ship": report}
+        for key in ("anchor", "burst", "idle", "api", "scale"):
+            out.setdefault(key, None)
+        return out | {"_samples": {}}
     if "chaos" in phases:
         if phases != ["chaos"] or args.kubeconfig:
             raise SystemExit("the chaos phase runs alone, on --backend emulator or control-plane (it builds, "

@@ -47,6 +47,9 @@ def backend_label(result: dict[str, Any]) -> str:
     if result.get("backend") == "control-plane":
         return ("backend: control-plane (the project's kube-apiserver, etcd, kube-controller-manager and "
                 f"kube-scheduler, simulated nodes; {result.get('server', '?')})")
+    if result.get("backend") == "ship-endpoint":
+        return ("backend: ship-endpoint (the controller's ship endpoint in this process, agentctl run's shipper "
+                "in agent processes, TokenReview stubbed; no API server)")
     return f"backend: cluster ({result.get('server', '?')})"
 
 
@@ -77,6 +80,11 @@ def markdown(result: dict[str, Any]) -> str:
                            ("API server CPU seconds", "apiserver_cpu_seconds"), ("all gone", "all_gone")):
             lines.append(f"| {label} | {anchor.get('ours_' + key)} | {anchor.get('theirs_' + key)} |")
         lines += ["", f"Theirs: {anchor.get('theirs_flags')}."]
+    ship = result.get("ship") or {}
+    if ship:
+        lines += ["", f"## Ship: {ship.get('agents')} agents under agentctl run, {ship.get('mib_each')} MiB each, at once",
+                  "", "| figure | value |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in ship.items() if k != "backend"]
     chaos = result.get("chaos") or {}
     if chaos:
         f = chaos.get("figures") or {}

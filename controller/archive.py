@@ -37,6 +37,8 @@ ORPHANS = "_orphans"
 PARTIAL_MARK = ".partial-"       # the in-progress directories of earlier versions (removed)
 CAPTURE_MARK = ".capture"
 STATE_SUFFIX = ".state"
+SHIPPED_SUFFIX = ".shipped"       # <container>.log.shipped: the output agentctl run shipped (controller/ship.py)
+FINAL_SUFFIX = ".final"          # <container>.log.shipped.final: {"bytes": N}, all of it arrived
 RESERVE = "reserve"              # room held on the volume while a pod is stopped (PendingArchive.reserve)
 RESERVE_BYTES = 1024 * 1024
 
@@ -177,7 +179,7 @@ class Archive:
         """
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
-            tmp = directory.parent / f".{directory.name}{CAPTURE_MARK}"
+            tmp = self.capture_dir(directory)
             tmp.mkdir(exist_ok=True)
             for old in directory.parent.glob(f".{directory.name}{PARTIAL_MARK}*"):
                 shutil.rmtree(old, ignore_errors=True)
@@ -185,11 +187,16 @@ class Archive:
             for leftover in tmp.iterdir():
                 if leftover.name.endswith(".log") and leftover.is_file():
                     salvaged.append(leftover.name)
-                elif not leftover.name.endswith(".log" + STATE_SUFFIX):
+                elif not leftover.name.endswith((".log" + STATE_SUFFIX, SHIPPED_SUFFIX, SHIPPED_SUFFIX + FINAL_SUFFIX)):
                     leftover.unlink()
         except OSError as exc:
             raise ArchiveError("not_writable", f"archive directory {directory.parent} is not writable: {exc}") from exc
         return PendingArchive(self, directory, tmp, salvaged=sorted(salvaged))
+
+    @staticmethod
+    def capture_dir(directory: Path) -> Path:
+        """The in-progress directory of the archive `directory` (renamed into place when sealed)."""
+        return directory.parent / f".{directory.name}{CAPTURE_MARK}"
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -246,6 +253,35 @@ class PendingArchive:
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
 
+    def shipped(self, filename: str, expected: int | None = None) -> int | None:
+        """The size of the shipped copy of `filename` if all of it arrived — agentctl run said so
+        (`final`) and the file holds exactly that much, or it holds the `expected` bytes the agent
+        reported —, else None. Blocking."""
+        _check_filename(filename)
+        try:
+            size = (self.tmp / (filename + SHIPPED_SUFFIX)).stat().st_size
+        except OSError:
+            return None
+        try:
+            final = json.loads((self.tmp / (filename + SHIPPED_SUFFIX + FINAL_SUFFIX)).read_text())
+        except (OSError, ValueError):
+            final = None
+        told = final.get("bytes") if isinstance(final, dict) else None
+        if expected is not None:
+            return size if expected == size and told in (None, size) else None
+        return size if told == size else None
+
+    def use_shipped(self, filename: str) -> None:
+        """The shipped copy becomes `filename` (the copy read from the API is dropped). Blocking."""
+        handle = self._handles.pop(filename, None)
+        if handle is not None:
+            handle.close()
+        os.replace(self.tmp / (filename + SHIPPED_SUFFIX), self.tmp / filename)
+        (self.tmp / (filename + STATE_SUFFIX)).unlink(missing_ok=True)
+        self._handles[filename] = open(self.tmp / filename, "ab", buffering=0)
+        if filename in self.salvaged:
+            self.salvaged.remove(filename)
+
     def never_read(self, filename: str, entry: dict[str, Any]) -> None:
         """A log that existed and could not be read at all: an empty file, and its MANIFEST entry
         (`entry`: container, previous, missing, detail) saying so. Blocking."""
@@ -289,8 +325,9 @@ class PendingArchive:
             for handle in self._handles.values():
                 handle.flush()
                 handle.close()
-            for leftover in self.tmp.glob("*" + STATE_SUFFIX + "*"):
-                leftover.unlink()
+            for pattern in ("*" + STATE_SUFFIX + "*", "*" + SHIPPED_SUFFIX + "*"):
+                for leftover in self.tmp.glob(pattern):
+                    leftover.unlink()
             names = sorted(set(self._handles) | set(self.salvaged))
             for filename in self.salvaged:
                 # Finished from what an earlier run had streamed, nothing more readable: whether

@@ -25,6 +25,7 @@ from .names import (
     PROMPT_FILE,
     PROMPT_KEY,
     PROMPT_MOUNT_DIR,
+    SHIP_TOKEN_VOLUME,
     child_labels,
     credentials_name,
     pod_name,
@@ -190,8 +191,9 @@ def pod(agent: Mapping[str, Any], pod_security: str = podsecurity.DEFAULT_LEVEL)
     # --- volumes ----------------------------------------------------------------------------
     volumes = [podsecurity._copy(v) for v in tspec.get("volumes") or []]
     volume_paths = {v["name"]: f"{TS}.volumes[{i}]" for i, v in enumerate(volumes)}
-    if PROMPT_VOLUME in volume_paths:
-        raise InvalidSpec(f"{volume_paths[PROMPT_VOLUME]}.name: the volume name {PROMPT_VOLUME!r} is the controller's")
+    for reserved in (PROMPT_VOLUME, SHIP_TOKEN_VOLUME):
+        if reserved in volume_paths:
+            raise InvalidSpec(f"{volume_paths[reserved]}.name: the volume name {reserved!r} is the controller's")
     if has_prompt:
         volumes.append({
             "name": PROMPT_VOLUME,

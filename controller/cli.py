@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--leader-election-retry-period", type=positive_float, default=2.0, metavar="S",
                        help="how often to renew, or to try to acquire (%(default)s)")
 
+    run_p.add_argument("--ship-port", type=port, default=None, metavar="PORT",
+                       help="serve the HTTPS endpoint agentctl run ships agent output to (off unless given; "
+                            "the chart uses 9443)")
+    run_p.add_argument("--ship-url", default=os.environ.get("AGENT_CONTROLLER_SHIP_URL"), metavar="URL",
+                       help="the endpoint's URL as agent pods reach it, put into their env (env "
+                            "AGENT_CONTROLLER_SHIP_URL; e.g. https://agent-controller-ship.NS.svc:9443/v1/ship)")
+    run_p.add_argument("--ship-tls-dir", default=os.environ.get("AGENT_CONTROLLER_SHIP_TLS_DIR"), metavar="DIR",
+                       help="tls.crt, tls.key and ca.crt of the endpoint (the chart's Secret); made there if "
+                            "missing (env AGENT_CONTROLLER_SHIP_TLS_DIR; default: a new directory)")
+
     un_p = sub.add_parser("uninstall", help="before (or after) uninstalling: the Agents the finalizer still holds")
     un_p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                       help="only this namespace (repeatable; default: all)")
@@ -151,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       leader_election_id=args.leader_election_id,
                       lease_duration=args.leader_election_lease_duration,
                       renew_deadline=args.leader_election_renew_deadline,
-                      retry_period=args.leader_election_retry_period)
+                      retry_period=args.leader_election_retry_period,
+                      ship_port=args.ship_port, ship_url=args.ship_url, ship_tls_dir=args.ship_tls_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_run_until_signal(options))

@@ -203,7 +203,8 @@ class DemoRunner:
             # Every namespace: an Agent applied anywhere (the kubeconfig's namespace is `demo`) runs.
             options = Options(namespaces=[], archive_dir=str(self.archive),
                               metrics_port=self.args.metrics_port, health_port=self.args.health_port,
-                              sweep_interval=3.0, sweep_timeout=30.0, listen_host="127.0.0.1")
+                              sweep_interval=3.0, sweep_timeout=30.0, listen_host="127.0.0.1",
+                              ship_port=0)     # agentctl run ships output to it (examples/demo/big-log.yaml)
             config = ClientConfig(server=cluster.url, token=cluster.admin_token, default_namespace=NAMESPACE)
             ctl = BackgroundController(options, config).start()
             self._banner(cluster, ctl)

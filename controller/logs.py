@@ -29,11 +29,12 @@ from typing import IO, Any
 
 import aiohttp
 
-from . import api
+from . import api, ship
 from .archive import Archive, ArchiveError, ArchiveResult, PendingArchive, log_filename
 from .kube.client import ApiError, LogStream
 from .kube.resources import PODS
 from .logformat import KUBELET_TEXT, LogLines
+from .names import POD_CONTAINER
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,10 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
                 failure = task.exception()
                 if failure is not None:
                     raise failure        # an archive write failed, a log refused: data first
+        shipped = await _take_shipped(rt, pending, expected)
         for capture in captures:
+            if capture.filename == shipped:
+                continue          # the copy agentctl run shipped is the log (whole): the API-read one is not kept
             capture.settle(expected)
             pending.logs[capture.filename] = capture.entry()
             if not capture.complete:
@@ -232,6 +236,7 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
             return pending.commit()
 
         result = await asyncio.to_thread(finish)
+        ship.forget(rt, directory)
         if not result.already_existed:
             for reason in result.missing:
                 rt.metrics.incomplete_logs.labels(reason=reason).inc()
@@ -243,6 +248,20 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
             task.cancel()
         await asyncio.to_thread(pending.close)
         raise
+
+
+async def _take_shipped(rt: Runtime, pending: PendingArchive, expected: Mapping[str, int] | None) -> str | None:
+    """The copy `agentctl run` shipped (controller/ship.py) is the agent container's log when all of
+    it arrived: it holds what rotation or a lost node took from the node's copy. Shipping ends here."""
+    await ship.seal(rt, pending.final)
+    filename = log_filename(POD_CONTAINER, False)
+    want = expected.get(POD_CONTAINER) if expected else None
+    size = await asyncio.to_thread(pending.shipped, filename, want)
+    if size is None:
+        return None
+    await asyncio.to_thread(pending.use_shipped, filename)
+    pending.logs[filename] = {"container": POD_CONTAINER, "previous": False, "complete": True}
+    return filename
 
 
 def _logs_of(pod: Mapping[str, Any]) -> list[tuple[str, bool]]:

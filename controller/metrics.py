@@ -75,6 +75,8 @@ class Metrics:
                                     registry=r)
         self.incomplete_logs = Counter("agent_controller_incomplete_logs",
                                        "Archived logs known to miss bytes, by why.", ["reason"], registry=r)
+        self.shipped_bytes = Counter("agent_controller_shipped_bytes",
+                                     "Bytes of agent output agentctl run shipped to the controller.", registry=r)
         self._phase_source: Callable[[], Mapping[str, int]] = dict
         self._retrying_source: Callable[[], Iterable[float]] = tuple
         r.register(_StateCollector(self))

@@ -14,6 +14,7 @@ AGENT_LABEL = "agentcontroller.dev/agent"
 AGENT_UID_LABEL = "agentcontroller.dev/agent-uid"
 
 POD_CONTAINER = "agent"
+SHIP_TOKEN_VOLUME = "agent-controller-ship-token"   # the token agentctl run ships output with (ship.py)
 PROMPT_KEY = "prompt.txt"
 PROMPT_MOUNT_DIR = "/var/run/agent"
 PROMPT_FILE = f"{PROMPT_MOUNT_DIR}/{PROMPT_KEY}"

@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,9 @@ class Options:
     listen_host: str = "0.0.0.0"
     force_delete_after: float = api.FORCE_DELETE_AFTER_GRACE_SECONDS
     clock: Callable[[], Any] = utcnow
+    ship_port: int | None = None             # the endpoint agentctl run ships output to (None: not offered)
+    ship_url: str | None = None              # its URL as pods reach it (default: https://127.0.0.1:PORT/v1/ship)
+    ship_tls_dir: str | None = None          # its certificate (made there when missing; default: a new dir)
 
 
 def build_runtime(options: Options, config: ClientConfig | None = None) -> Runtime:
@@ -193,6 +197,13 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
     watcher = PodWatcher(rt.client, rt.pods, rt.namespaces)
     rt.pods.on_change = lambda old, new: notice.pod_changed(rt, old, new)
     await health.start()
+    shipping = None
+    if options.ship_port is not None:
+        from .ship import ShipServer
+
+        tls_dir = options.ship_tls_dir or tempfile.mkdtemp(prefix="agent-controller-ship-")
+        shipping = ShipServer(rt, options.listen_host, options.ship_port, tls_dir, options.ship_url)
+        await shipping.start()
     lost = asyncio.Event()
     try:
         if elector is not None:
@@ -251,6 +262,8 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
                 await elector.release()
             await elector.client.close()
         await health.stop()
+        if shipping is not None:
+            await shipping.stop()
         await rt.client.close()
     if lost.is_set():
         raise LeaseLost(f"lost the leader-election lease {elector.namespace}/{elector.name}"  # type: ignore[union-attr]

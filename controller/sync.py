@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from . import FINALIZER, api
+from . import FINALIZER, api, ship
 from .cleanup import CleanupFailed, clean_up, patch_status
 from .decide import CreateRefusal, Decision, Observed, PodState, StatusChange, decide
 from .events import NORMAL, WARNING
@@ -244,6 +244,10 @@ async def create_children(rt: Runtime, agent: Mapping[str, Any]) -> CreateRefusa
     for stage in CREATE_STAGES:
         bodies = [(kind, kind.build(agent, rt.pod_security)) for kind in stage
                   if kind.label not in known and not (kind is POD and have_pod)]
+        if rt.ship is not None:
+            for kind, body in bodies:
+                if kind is POD and body is not None:
+                    ship.inject(body, rt.ship)
         results = await asyncio.gather(*(_create(rt, kind.resource, ns, body, uid)
                                          for kind, body in bodies if body is not None), return_exceptions=True)
         for (kind, _), result in zip([kb for kb in bodies if kb[1] is not None], results):

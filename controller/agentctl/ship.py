@@ -272,6 +272,10 @@ class Shipper:
                     return
                 delay = min(BACKOFF_MAX, delay * 2)
                 continue
+            if status >= 500:
+                # A new connection for the retry: behind a Service it may reach another replica
+                # (a standby answers 503; the leader takes the bytes).
+                self._disconnect()
             with self._cond:
                 if self._stopped:
                     return

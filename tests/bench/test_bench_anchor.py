@@ -79,3 +79,21 @@ def test_anchor_burst_and_idle_on_the_control_plane(tmp_path: Path) -> None:
     assert result["burst"]["all_verified"] is True
     assert result["idle"] and result["api"]
     assert "## Anchor" in out.with_suffix(".md").read_text()
+
+
+def test_the_ship_phase_ships_every_byte_exactly_once(tmp_path: Path) -> None:
+    """`--phases ship --quick`: two agents' output through the real endpoint; figures named and exact."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ship.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--phases", "ship", "--quick", "--output", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    ship = json.loads(out.read_text())["ship"]
+    assert ship["backend"] == "ship-endpoint"
+    assert (ship["exactly_once"], ship["final_acknowledged"]) == (ship["agents"], ship["agents"])
+    for key in ("mib_per_second_total", "mib_per_second_per_agent_median", "controller_cpu_seconds_per_mib"):
+        assert ship[key] > 0
+    assert "## Ship" in out.with_suffix(".md").read_text()

@@ -122,6 +122,9 @@ def test_default_install_objects() -> None:
             ("ClusterRoleBinding", FULLNAME),
             ("PersistentVolumeClaim", f"{FULLNAME}-archive"),
             ("Service", FULLNAME),
+            ("ClusterRole", f"{FULLNAME}-ship"),
+            ("ClusterRoleBinding", f"{FULLNAME}-ship"),
+            ("Service", f"{FULLNAME}-ship"),
             ("Deployment", FULLNAME),
             ("ValidatingAdmissionPolicy", POLICY),
             ("ValidatingAdmissionPolicyBinding", POLICY),
@@ -137,9 +140,9 @@ def test_default_install_objects() -> None:
 
 def test_rbac_is_exactly_the_controllers_calls() -> None:
     docs = render()
-    role = one(docs, "ClusterRole")
+    role = one(docs, "ClusterRole", FULLNAME)
     assert role["rules"] == EXPECTED_RULES
-    binding = one(docs, "ClusterRoleBinding")
+    binding = one(docs, "ClusterRoleBinding", FULLNAME)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -169,12 +172,12 @@ def test_deployment_security_probes_resources() -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["image"] == "agent-controller:0.1.0"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 9102, "health": 8081}
+    assert ports == {"metrics": 9102, "health": 8081, "ship": 9443}
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
     assert c["resources"]["requests"] and c["resources"]["limits"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"archive": ARCHIVE_DIR, "tmp": "/tmp"}
+    assert mounts == {"archive": ARCHIVE_DIR, "tmp": "/tmp", "ship-tls": "/etc/agent-controller/ship-tls"}
     assert volume(docs, "archive") == {
         "name": "archive",
         "persistentVolumeClaim": {"claimName": f"{FULLNAME}-archive"},
@@ -203,8 +206,8 @@ def test_flags_follow_values() -> None:
     assert flag_values(args, "--log-format") == ["json"]
     assert flag_values(args, "--metrics-port") == ["9200"]
     assert flag_values(args, "--health-port") == ["8181"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9200, "health": 8181}
-    svc = one(docs, "Service")
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9200, "health": 8181, "ship": 9443}
+    svc = one(docs, "Service", FULLNAME)
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}
     ]
@@ -248,7 +251,7 @@ def test_pvc_storage_class() -> None:
 
 
 def test_metrics_service() -> None:
-    svc = one(render(), "Service")
+    svc = one(render(), "Service", FULLNAME)
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"}
     ]
@@ -263,7 +266,9 @@ def test_metrics_service() -> None:
 
 def test_watch_namespaces_roles_only_there() -> None:
     docs = render(MATRIX["watch-namespaces"])
-    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    # Only the ship endpoint's TokenReview grant is cluster-wide (TokenReviews are not namespaced).
+    assert [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")] == [f"{FULLNAME}-ship"]
+    assert [b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == [f"{FULLNAME}-ship"]
     roles = by_kind(docs, "Role")
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -304,7 +309,7 @@ def test_monitoring_objects() -> None:
     assert sm["metadata"]["labels"]["release"] == "prometheus"
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
-    svc = one(docs, "Service")
+    svc = one(docs, "Service", FULLNAME)
     for key, value in sm["spec"]["selector"]["matchLabels"].items():
         assert svc["metadata"]["labels"][key] == value, "the ServiceMonitor selects the metrics Service"
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
@@ -375,7 +380,7 @@ def test_ha_leader_election() -> None:
     (binding,) = [d for d in by_kind(docs, "RoleBinding") if d["metadata"]["name"] == f"{FULLNAME}-leader-election"]
     assert binding["roleRef"]["name"] == f"{FULLNAME}-leader-election"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    assert one(docs, "ClusterRole")["rules"] == EXPECTED_RULES, "no kopf peering rule any more"
+    assert one(docs, "ClusterRole", FULLNAME)["rules"] == EXPECTED_RULES, "no kopf peering rule any more"
     assert not {"ClusterKopfPeering", "KopfPeering"} & {d["kind"] for d in docs}
     assert one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
     notes = render_notes(MATRIX["ha"])
@@ -550,3 +555,26 @@ def test_replicas_with_a_read_write_once_claim_says_what_to_change(extra: tuple[
     assert "existingClaim" in output and "Must be less than or equal to 1" not in output
     lint = helm_lint({"replicas": 2}, *extra)  # lint reports a template's fail() as [INFO]
     assert REPLICAS_MESSAGE in lint.stdout + lint.stderr
+
+
+def test_the_ship_endpoint_is_exposed_with_what_agent_pods_need() -> None:
+    docs = render()
+    c = container(docs)
+    assert flag_values(c["args"], "--ship-port") == ["9443"]
+    assert flag_values(c["args"], "--ship-url") == [f"https://{FULLNAME}-ship.{NAMESPACE}.svc:9443/v1/ship"]
+    assert flag_values(c["args"], "--ship-tls-dir") == ["/etc/agent-controller/ship-tls"]
+    svc = one(docs, "Service", f"{FULLNAME}-ship")
+    assert svc["spec"]["ports"] == [{"name": "ship", "port": 9443, "targetPort": "ship", "protocol": "TCP"}]
+    assert one(docs, "ClusterRole", f"{FULLNAME}-ship")["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["ship-tls"]
+    with_secret = render({"ship": {"tls": {"secretName": "ship-cert"}, "networkPolicy": {"enabled": True}}})
+    volumes = {v["name"]: v for v in one(with_secret, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ship-tls"] == {"name": "ship-tls", "secret": {"secretName": "ship-cert"}}
+    policy = one(with_secret, "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"][0]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "agent-controller"}}
+    off = render({"ship": {"enabled": False}})
+    assert not flag_values(container(off)["args"], "--ship-port")
+    assert [d["metadata"]["name"] for d in by_kind(off, "ClusterRole")] == [FULLNAME]

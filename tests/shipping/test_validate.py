@@ -115,6 +115,9 @@ def test_install_yaml_is_the_default_install() -> None:
             "ClusterRole",
             "ClusterRoleBinding",
             "Service",
+            "ClusterRole",            # the ship endpoint's (TokenReview), its binding and Service
+            "ClusterRoleBinding",
+            "Service",
             "Deployment",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",

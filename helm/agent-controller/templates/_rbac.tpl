@@ -63,3 +63,13 @@ exist yet); `get` and `update` are limited to that one Lease.
   resourceNames: [{{ include "agent-controller.leaseName" . | quote }}]
   verbs: ["get", "update"]
 {{- end }}
+
+{{/*
+The ship endpoint (`ship.enabled`): agent pods authenticate with their own projected token, which
+the controller verifies with a TokenReview — `create` on tokenreviews, nothing else.
+*/}}
+{{- define "agent-controller.shipRules" -}}
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+{{- end }}

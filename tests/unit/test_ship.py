@@ -1,0 +1,127 @@
+"""controller/ship.py: the endpoint agentctl run ships output to — over real HTTPS, with a stub
+TokenReview — and what inject() puts into an agent pod."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from aiotest import async_test
+from controller.archive import Archive
+from controller.metrics import Metrics
+from controller.names import AGENT_UID_LABEL, POD_CONTAINER
+from controller.podwatch import PodCache
+from controller.runtime import Runtime
+from controller.ship import AUDIENCE, TOKEN_PATH, ShipServer, ShipTarget, inject
+
+AGENT_UID = "0b0c0d0e-1111-2222-3333-444455556666"
+POD_UID = "9f9f9f9f-1111-2222-3333-444455556666"
+
+
+class Reviews:
+    """A stub API client answering TokenReviews: token "good" is the agent pod's, "stranger" another pod's."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def request(self, method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any]:
+        assert (method, path) == ("POST", "/apis/authentication.k8s.io/v1/tokenreviews")
+        assert body["spec"]["audiences"] == [AUDIENCE]
+        self.calls += 1
+        token = body["spec"]["token"]
+        if token not in ("good", "stranger"):
+            return {"status": {"authenticated": False, "error": "invalid token"}}
+        uid = POD_UID if token == "good" else "11111111-1111-2222-3333-444455556666"
+        return {"status": {"authenticated": True, "audiences": [AUDIENCE], "user": {
+            "username": "system:serviceaccount:ns:a1-agent",
+            "extra": {"authentication.kubernetes.io/pod-uid": [uid]}}}}
+
+
+def runtime(tmp_path: Path) -> Runtime:
+    rt = Runtime(client=Reviews(), archive=Archive(tmp_path / "archive"), metrics=Metrics(),  # type: ignore[arg-type]
+                 pods=PodCache())
+    rt.pods.upsert({"metadata": {"name": "a1-agent", "namespace": "ns", "uid": POD_UID, "resourceVersion": "1",
+                                 "labels": {AGENT_UID_LABEL: AGENT_UID},
+                                 "ownerReferences": [{"kind": "Agent", "name": "a1", "uid": AGENT_UID,
+                                                      "controller": True}]},
+                    "spec": {"containers": [{"name": POD_CONTAINER}]}, "status": {"phase": "Running"}})
+    rt.pods.synced.set()
+    return rt
+
+
+async def call(session: aiohttp.ClientSession, url: str, token: str, method: str = "POST", data: bytes = b"",
+               **query: Any) -> tuple[int, dict[str, Any]]:
+    async with session.request(method, url, params={k: str(v) for k, v in query.items()}, data=data,
+                               headers={"Authorization": f"Bearer {token}"}) as r:
+        return r.status, json.loads(await r.read() or b"{}")
+
+
+@async_test
+async def test_bytes_are_held_exactly_once_and_sealed_after_final(tmp_path: Path) -> None:
+    rt = runtime(tmp_path)
+    server = ShipServer(rt, "127.0.0.1", 0, tmp_path / "tls")
+    await server.start()
+    try:
+        assert rt.ship is not None and rt.ship.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cadata=rt.ship.ca_pem)        # verified with the CA pods get
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as s:
+            url = rt.ship.url
+            assert await call(s, url, "good", "GET") == (200, {"offset": 0, "final": False})
+            assert await call(s, url, "good", data=b"hello ", offset=0) == (200, {"offset": 6, "final": False})
+            # A retry of what arrived already, plus more: only the new bytes are kept.
+            assert (await call(s, url, "good", data=b"hello world\n", offset=0))[1]["offset"] == 12
+            status, body = await call(s, url, "good", data=b"later", offset=20)     # a gap
+            assert (status, body["offset"]) == (409, 12)
+            status, body = await call(s, url, "good", final=1, offset=10)          # final, bytes missing
+            assert (status, body["offset"]) == (409, 12)
+            assert await call(s, url, "good", final=1, offset=12) == (200, {"offset": 12, "final": True})
+            assert (await call(s, url, "good", data=b"more", offset=12))[0] == 409   # nothing after final
+            assert (await call(s, url, "nobody", "GET"))[0] == 401
+            assert (await call(s, url, "stranger", "GET"))[0] == 403
+            assert (await call(s, url, "good", "GET", container="sidecar"))[0] == 403
+            directory = rt.archive.agent_dir("ns", "a1", AGENT_UID)
+            pending = rt.archive.begin(directory)       # (the shipped copy survives begin: a restart)
+            assert pending.shipped("agent.log") == 12
+            pending.use_shipped("agent.log")
+            pending.logs["agent.log"] = {"container": POD_CONTAINER, "previous": False, "complete": True}
+            from controller.ship import seal
+            await seal(rt, directory)
+            assert (await call(s, url, "good", data=b"x", offset=12))[0] == 410
+            pending.commit()
+            assert (directory / "agent.log").read_bytes() == b"hello world\n"
+            assert sorted(p.name for p in directory.iterdir()) == ["MANIFEST.json", "agent.log"]
+        assert rt.client.calls <= 3           # reviews are cached (the good token reviewed once)
+        assert rt.metrics.shipped_bytes._value.get() == 12
+    finally:
+        await server.stop()
+
+
+def test_inject_gives_the_agent_container_the_url_the_ca_and_a_token_of_our_audience() -> None:
+    pod = {"spec": {"containers": [{"name": POD_CONTAINER, "env": [{"name": "AGENT_NAME", "value": "a1"}]},
+                                   {"name": "sidecar"}]}}
+    inject(pod, ShipTarget("https://ship.example:9443/v1/ship", "PEM"))
+    agent, sidecar = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in agent["env"]}
+    assert env == {"AGENT_NAME": "a1", "AGENT_CONTROLLER_SHIP_URL": "https://ship.example:9443/v1/ship",
+                   "AGENT_CONTROLLER_SHIP_CA": "PEM", "AGENT_CONTROLLER_SHIP_TOKEN_FILE": TOKEN_PATH}
+    assert agent["volumeMounts"] == [{"name": "agent-controller-ship-token",
+                                      "mountPath": "/var/run/secrets/agent-controller", "readOnly": True}]
+    assert pod["spec"]["volumes"] == [{"name": "agent-controller-ship-token", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}]
+    assert "env" not in sidecar
+
+
+def test_a_template_cannot_take_the_ship_token_volume_name() -> None:
+    import pytest
+
+    from controller.children import InvalidSpec, pod
+
+    agent = {"metadata": {"name": "a1", "namespace": "ns", "uid": AGENT_UID},
+             "spec": {"image": "img", "podTemplate": {"spec": {"volumes": [
+                 {"name": "agent-controller-ship-token", "emptyDir": {}}]}}}}
+    with pytest.raises(InvalidSpec, match="agent-controller-ship-token"):
+        pod(agent)
