@@ -252,38 +252,27 @@ class Auth:
         if _deleted_before(sa, invalid_if_deleted_before):
             return _failed(f"service account {ns}/{saref['name']} has been deleted")
         secref, podref, noderef = ref("secret"), ref("pod"), ref("node")
-        if secref is not None:
-            secret = lookup("secrets", ns, secref["name"])
-            if secret is None:
-                return _failed(INVALIDATED)
-            if secref["uid"] != _uid(secret):
-                return _failed(f"secret UID ({_uid(secret)}) does not match service account secret ref claim "
-                               f"({secref['uid']})")
-            if _deleted_before(secret, invalid_if_deleted_before):
-                return _failed(INVALIDATED)
+        def bound_problem(kind: str, resource: str, namespace: str, r: dict[str, str]) -> str | None:
+            """Why the object a token is bound to no longer validates it (gone, another UID, deleting)."""
+            obj = lookup(resource, namespace, r["name"])
+            if obj is None:
+                return INVALIDATED
+            if r["uid"] != _uid(obj):
+                return f"{kind} UID ({_uid(obj)}) does not match service account {kind} ref claim ({r['uid']})"
+            return INVALIDATED if _deleted_before(obj, invalid_if_deleted_before) else None
+
+        if secref is not None and (problem := bound_problem("secret", "secrets", ns, secref)) is not None:
+            return _failed(problem)
         extra: dict[str, list[str]] = {}
         if podref is not None:
-            pod = lookup("pods", ns, podref["name"])
-            if pod is None:
-                return _failed(INVALIDATED)
-            if podref["uid"] != _uid(pod):
-                return _failed(f"pod UID ({_uid(pod)}) does not match service account pod ref claim "
-                               f"({podref['uid']})")
-            if _deleted_before(pod, invalid_if_deleted_before):
-                return _failed(INVALIDATED)
+            if (problem := bound_problem("pod", "pods", ns, podref)) is not None:
+                return _failed(problem)
             if podref["name"] and podref["uid"]:
                 extra[POD_NAME_KEY] = [podref["name"]]
                 extra[POD_UID_KEY] = [podref["uid"]]
         if noderef is not None:
-            if podref is None:
-                node = lookup("nodes", "", noderef["name"])
-                if node is None:
-                    return _failed(INVALIDATED)
-                if noderef["uid"] != _uid(node):
-                    return _failed(f"node UID ({_uid(node)}) does not match service account node ref claim "
-                                   f"({noderef['uid']})")
-                if _deleted_before(node, invalid_if_deleted_before):
-                    return _failed(INVALIDATED)
+            if podref is None and (problem := bound_problem("node", "nodes", "", noderef)) is not None:
+                return _failed(problem)
             if noderef["name"]:
                 extra[NODE_NAME_KEY] = [noderef["name"]]
                 if noderef["uid"]:
