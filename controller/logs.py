@@ -35,6 +35,7 @@ from .kube.client import ApiError, LogStream
 from .kube.resources import PODS
 from .logformat import KUBELET_TEXT, LogLines
 from .names import POD_CONTAINER
+from .podwatch import PodInfo
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -256,10 +257,15 @@ async def _take_shipped(rt: Runtime, pending: PendingArchive, expected: Mapping[
     await ship.seal(rt, pending.final)
     filename = log_filename(POD_CONTAINER, False)
     want = expected.get(POD_CONTAINER) if expected else None
-    size = await asyncio.to_thread(pending.shipped, filename, want)
-    if size is None:
+
+    def take() -> bool:
+        if pending.shipped(filename, want) is None:
+            return False
+        pending.use_shipped(filename)
+        return True
+
+    if not await asyncio.to_thread(take):
         return None
-    await asyncio.to_thread(pending.use_shipped, filename)
     pending.logs[filename] = {"container": POD_CONTAINER, "previous": False, "complete": True}
     return filename
 
@@ -428,7 +434,7 @@ class Capture:
         if self.previous:
             return True
         info = self.rt.pods.get(str(self.pod_uid))
-        if info is not None and (self.container in info.terminated or info.state.phase in POD_FINISHED):
+        if info is not None and info.stopped(self.container):
             return True
         try:
             pod = await self.rt.client.get_same(PODS, {"metadata": {
@@ -437,10 +443,8 @@ class Capture:
             return False
         if pod is None:
             return True
-        status = pod.get("status") or {}
-        return status.get("phase") in POD_FINISHED or any(
-            cs.get("name") == self.container and "terminated" in (cs.get("state") or {})
-            for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))
+        self.rt.pods.upsert(pod)        # (newer than the watch may have it: the cache keeps the newest)
+        return PodInfo.of(pod).stopped(self.container)
 
     def _cut_off(self) -> str:
         """Why the rest could not be read: the node did not answer (at some point), or the stream."""

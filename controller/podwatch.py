@@ -55,16 +55,19 @@ class PodInfo:
         containers = tuple(str(c.get("name")) for c in (spec.get("initContainers") or []) + (spec.get("containers") or []))
         if shapes is not None:
             containers = shapes.setdefault(containers, containers)
-        restarted = tuple(str(cs.get("name")) for cs in (status.get("initContainerStatuses") or [])
-                          + (status.get("containerStatuses") or []) if int(cs.get("restartCount") or 0) > 0)
-        terminated = tuple(str(cs.get("name")) for cs in (status.get("initContainerStatuses") or [])
-                           + (status.get("containerStatuses") or []) if "terminated" in (cs.get("state") or {}))
+        statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        restarted = tuple(str(cs.get("name")) for cs in statuses if int(cs.get("restartCount") or 0) > 0)
+        terminated = tuple(str(cs.get("name")) for cs in statuses if "terminated" in (cs.get("state") or {}))
         try:
             version = int(str(meta.get("resourceVersion") or 0))
         except ValueError:
             version = 0
         return cls(str(meta.get("namespace", "")), str(meta.get("name", "")), str(meta.get("uid", "")), str(owner),
                    PodState.from_body(pod), containers, restarted, terminated, version)
+
+    def stopped(self, container: str) -> bool:
+        """The container writes no more: it terminated, or the whole pod has (Succeeded, Failed)."""
+        return container in self.terminated or self.state.phase in ("Succeeded", "Failed")
 
     @property
     def owner_uid(self) -> str:
@@ -173,27 +176,27 @@ class PodCache:
         """True once the pod of this UID is gone (a DELETED event, or a list without it)."""
         if uid not in self._by_uid and self.synced.is_set():
             return True
-        event = self._gone.setdefault(uid, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False        # (the Event stays for the other waiters: remove() drops it)
+        return await _wait(self._gone, uid, timeout)
 
+    async def wait_changed(self, uid: str, timeout: float) -> bool:
+        """True once what is known of the pod of this UID changes (or it is gone) within `timeout`."""
+        return await _wait(self._changed, uid, timeout)
 
     def _wake(self, uid: str) -> None:
         waiter = self._changed.pop(uid, None)
         if waiter is not None:
             waiter.set()
 
-    async def wait_changed(self, uid: str, timeout: float) -> bool:
-        """True once what is known of the pod of this UID changes (or it is gone) within `timeout`."""
-        event = self._changed.setdefault(uid, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+
+async def _wait(waiters: dict[str, asyncio.Event], uid: str, timeout: float) -> bool:
+    """Wait for `waiters[uid]` to be set (by whoever pops and sets it); False after `timeout`.
+    (On a timeout the Event stays for the other waiters: the next wake drops it.)"""
+    event = waiters.setdefault(uid, asyncio.Event())
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False
 
 
 class PodWatcher:

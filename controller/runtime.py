@@ -115,7 +115,7 @@ class Runtime:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)   # background work, by name
     fence: Callable[[], bool] = lambda: True          # False once this replica may have lost its lease
     ship: Any = None              # ship.ShipTarget: where agentctl run ships output (None: not offered)
-    shipments: dict[tuple[str, str], Any] = field(default_factory=dict)   # (archive dir, container) -> ship.Shipment
+    shipments: dict[str, Any] = field(default_factory=dict)   # archive dir -> ship.Shipment (agentctl run output)
 
     def __post_init__(self) -> None:
         from .sync import sync

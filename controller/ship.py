@@ -85,15 +85,24 @@ def inject(pod: dict[str, Any], target: ShipTarget) -> None:
 
 @dataclass
 class Shipment:
-    """One log's shipped copy in an archive's in-progress directory; one writer at a time (`lock`)."""
-    path: Path
+    """The agent container's shipped copy in one archive's in-progress directory; one writer at a
+    time (`lock`). What is held is looked at once (`load`), then kept track of here."""
+    directory: Path                # the archive (sealed once its MANIFEST.json exists)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     size: int | None = None       # bytes held (None: not looked at yet)
     final: bool = False
     sealed: bool = False
 
+    @property
+    def path(self) -> Path:
+        return Archive.capture_dir(self.directory) / (log_filename(POD_CONTAINER, False) + SHIPPED_SUFFIX)
+
     def load(self) -> None:
-        """Blocking."""
+        """Blocking: what an earlier process (or replica) left — sealed, the bytes held, final."""
+        if (self.directory / MANIFEST).is_file():
+            self.sealed = True
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.size = self.path.stat().st_size
         except FileNotFoundError:
@@ -102,10 +111,9 @@ class Shipment:
 
     def append(self, data: bytes) -> None:
         """Blocking."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab", buffering=0) as fh:
             fh.write(data)
-        self.size = self.path.stat().st_size
+        self.size = (self.size or 0) + len(data)
 
     def finish(self) -> None:
         """Blocking: the marker that all of it arrived."""
@@ -116,25 +124,25 @@ class Shipment:
         self.final = True
 
 
-def shipment(rt: Runtime, directory: Path, container: str = POD_CONTAINER) -> Shipment:
-    key = (str(directory), container)
-    found = rt.shipments.get(key)
+def shipment(rt: Runtime, directory: Path) -> Shipment:
+    found = rt.shipments.get(str(directory))
     if found is None:
-        found = rt.shipments[key] = Shipment(
-            Archive.capture_dir(directory) / (log_filename(container, False) + SHIPPED_SUFFIX))
+        found = rt.shipments[str(directory)] = Shipment(directory)
     return found
 
 
-async def seal(rt: Runtime, directory: Path, container: str = POD_CONTAINER) -> None:
-    """From now on nothing more is accepted for this log (the archive is being sealed)."""
-    s = shipment(rt, directory, container)
+async def seal(rt: Runtime, directory: Path) -> None:
+    """From now on nothing more is accepted for this archive (it is being sealed). Without the
+    endpoint there is nothing to stop."""
+    if rt.ship is None:
+        return
+    s = shipment(rt, directory)
     async with s.lock:
         s.sealed = True
 
 
 def forget(rt: Runtime, directory: Path) -> None:
-    for key in [k for k in rt.shipments if k[0] == str(directory)]:
-        del rt.shipments[key]
+    rt.shipments.pop(str(directory), None)
 
 
 class ShipServer:
@@ -192,9 +200,20 @@ class ShipServer:
     async def _get(self, request: web.Request) -> web.Response:
         s = await self._shipment(request)
         async with s.lock:
-            if s.size is None:
-                await asyncio.to_thread(s.load)
+            await self._open(s)
             return web.json_response({"offset": s.size, "final": s.final})
+
+    async def _open(self, s: Shipment) -> None:
+        """With the lock held: refused unless it may take bytes now (not sealed, this replica leads)."""
+        if s.size is None and not s.sealed:
+            try:
+                await asyncio.to_thread(s.load)
+            except OSError as exc:
+                raise _error(web.HTTPInsufficientStorage, f"cannot write to the archive volume: {exc}") from exc
+        if s.sealed:
+            raise _error(web.HTTPGone, "the archive is sealed: nothing more is accepted")
+        if not self.rt.fence():
+            raise _error(web.HTTPServiceUnavailable, "this replica is not the leader")
 
     async def _post(self, request: web.Request) -> web.Response:
         try:
@@ -207,14 +226,9 @@ class ShipServer:
         s = await self._shipment(request)
         body = await request.read()
         async with s.lock:
-            if s.sealed:
-                raise _error(web.HTTPGone, "the archive is sealed: nothing more is accepted")
-            if not self.rt.fence():
-                raise _error(web.HTTPServiceUnavailable, "this replica is not the leader")
+            await self._open(s)
+            assert s.size is not None
             try:
-                if s.size is None:
-                    await asyncio.to_thread(s.load)
-                assert s.size is not None
                 if offset > s.size:
                     return web.json_response({"offset": s.size, "message": "a gap: resend from offset"},
                                              status=409)
@@ -252,12 +266,7 @@ class ShipServer:
             directory = self.rt.archive.agent_dir(info.namespace, info.owner_name, info.owner_uid)
         except ArchiveError as exc:
             raise _error(web.HTTPForbidden, str(exc)) from exc
-        s = shipment(self.rt, directory, container)
-        if not s.sealed and await asyncio.to_thread((directory / MANIFEST).is_file):
-            s.sealed = True
-        if s.sealed:
-            raise _error(web.HTTPGone, "the archive is sealed: nothing more is accepted")
-        return s
+        return shipment(self.rt, directory)
 
     async def _review(self, token: str) -> str:
         """The UID of the pod the token is bound to (a TokenReview of our audience; cached a while)."""

@@ -42,6 +42,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from controller.agentctl.supervise import env_number, say
+
 ENV_URL = "AGENT_CONTROLLER_SHIP_URL"
 ENV_CA = "AGENT_CONTROLLER_SHIP_CA"
 ENV_TOKEN_FILE = "AGENT_CONTROLLER_SHIP_TOKEN_FILE"
@@ -59,35 +61,12 @@ RETRIED_STATUSES = frozenset({408, 429})
 """4xx answers that are retried like 5xx (every other 4xx but 409 stops shipping)."""
 
 
-def say(line: str) -> None:
-    """One line on stderr, ``agentctl:`` first, as :func:`controller.agentctl.supervise.say`."""
-    try:
-        os.write(2, f"agentctl: {line}\n".encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
 def _size(n: int) -> str:
     return f"{n} bytes" if n != 1 else "1 byte"
 
 
 class _Transient(Exception):
     """A request failed in a way worth retrying."""
-
-
-def _number(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    """A number from the environment, ``default`` when it is unset or invalid (one line)."""
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
-        say(f"ignoring invalid {name}={raw!r}; using {int(default) if float(default).is_integer() else default}")
-        return default
-    return value
 
 
 class Shipper:
@@ -149,8 +128,8 @@ class Shipper:
         url = environ.get(ENV_URL, "").strip()
         if not url:
             return None
-        spool = int(_number(environ, ENV_SPOOL, DEFAULT_SPOOL_BYTES, 0, 2**62))
-        flush = _number(environ, ENV_FLUSH, DEFAULT_FLUSH_SECONDS, 0, 86400)
+        spool = int(env_number(environ, ENV_SPOOL, DEFAULT_SPOOL_BYTES, 0, 2**62))
+        flush = env_number(environ, ENV_FLUSH, DEFAULT_FLUSH_SECONDS, 0, 86400)
         try:
             return cls(url, ca_pem=environ.get(ENV_CA, ""), token_file=environ.get(ENV_TOKEN_FILE, "").strip(),
                        spool_bytes=spool, flush_seconds=flush)

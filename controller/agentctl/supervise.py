@@ -187,16 +187,21 @@ def send(p: Proc, sig: int) -> bool:
 
 def grace_seconds(env: Mapping[str, str] | None = None) -> float:
     """``AGENT_GRACE_SECONDS`` (set by the controller from ``spec.cleanup.gracePeriodSeconds``)."""
-    raw = (env if env is not None else os.environ).get("AGENT_GRACE_SECONDS", "").strip()
+    return env_number(env if env is not None else os.environ, "AGENT_GRACE_SECONDS", DEFAULT_GRACE_SECONDS, 0, 86400)
+
+
+def env_number(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    """A number from the environment, ``default`` when it is unset, or invalid (one line says so)."""
+    raw = environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_GRACE_SECONDS
+        return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        say(f"ignoring invalid AGENT_GRACE_SECONDS={raw!r}; using {DEFAULT_GRACE_SECONDS:g}")
-        return DEFAULT_GRACE_SECONDS
+        value = float("nan")
+    if not low <= value <= high:
+        say(f"ignoring invalid {name}={raw!r}; using {int(default) if float(default).is_integer() else default}")
+        return default
     return value
 
 
