@@ -1273,16 +1273,15 @@ class DevCluster:
         # (after authentication, before authorization) as ``on_request(verb, resource, namespace, name,
         # user)``. Keep it cheap: it runs inline. The bench uses it to time-stamp the controller's pod DELETEs.
         self.on_request: Callable[[str, str, str, str, str], None] | None = None
-        from .kubelet import DevClusterKubelet
+        from controller.nodesim import emulator as _nodesim
 
-        self.kubelet = DevClusterKubelet(
+        self.kubelet = _nodesim.EmulatorKubelet(
             self.store,
             request_token=lambda ns, sa, body: request_token(self.auth, self._token_lookup, ns, sa, body),
             run_sync=self._call,
             base_url=lambda: self.url,
             https_url=lambda: self.https_url,
             ca_pem=lambda: self.ca_pem,
-            token_for=self.service_account_token,
             start_delay=pod_start_delay,
             restart_backoff=restart_backoff,
             **(node_options or {}),

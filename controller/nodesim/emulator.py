@@ -63,7 +63,7 @@ class EmulatorKubelet:
         *,
         run_sync: Callable[[Callable[[], Any]], Any],
         base_url: Callable[[], str],
-        token_for: Callable[[str, str], str],
+        request_token: Callable[[str, str, dict[str, Any]], dict[str, Any]],
         https_url: Callable[[], str | None] | None = None,
         ca_pem: Callable[[], bytes | None] | None = None,
         start_delay: float = 0.05,
@@ -77,7 +77,7 @@ class EmulatorKubelet:
         self._base_url = base_url
         self._https_url = https_url or (lambda: None)
         self._ca_pem = ca_pem or (lambda: None)
-        self._token_for = token_for
+        self._request_token = request_token    # (namespace, service account, TokenRequest) -> its answer
         self.node_name = node_name
         self.host_ip = host_ip
         runtime_options.setdefault("max_backoff", 10.0)
@@ -157,7 +157,15 @@ class EmulatorKubelet:
         return e.copy() if e is not None else None
 
     async def pod_token(self, p: SimPod, audiences: list[str] | None, expiration: int) -> str:
-        return self._token_for(p.ns, p.sa)
+        """As a kubelet gets it: a TokenRequest bound to the pod, for the volume's audience and
+        expiration (runs on the server loop)."""
+        spec: dict[str, Any] = {"expirationSeconds": expiration, "boundObjectRef": {
+            "apiVersion": "v1", "kind": "Pod", "name": p.name, "uid": p.uid}}
+        if audiences:
+            spec["audiences"] = list(audiences)
+        answer = self._request_token(p.ns, p.sa, {"apiVersion": "authentication.k8s.io/v1",
+                                                  "kind": "TokenRequest", "spec": spec})
+        return str(answer["status"]["token"])
 
     def api_endpoint(self) -> ApiEndpoint:
         https = self._https_url()
