@@ -511,14 +511,27 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
                     return True
         return False
 
+    async def victim() -> int | None:
+        """The replica a kill lands on: the leader when it runs, else another running one. A
+        scheduled kill is not dropped because its moment found every replica restarting or
+        paused: it waits (up to a minute) for one to run again."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [i for i, proc in enumerate(replicas.procs)
+                       if i not in replicas.paused and i not in replicas.restarting
+                       and proc.proc is not None and proc.proc.poll() is None]
+            if running:
+                leader = await _leader(client, ns)
+                return leader if leader in running else rng.choice(running)
+            await asyncio.sleep(0.2)
+        return None
+
     async def event(e: Event) -> None:
         await at(e.at)
         if e.kind == "kill":
-            i = await _leader(client, ns)
-            i = i if i is not None and i not in replicas.paused else rng.randrange(len(replicas.procs))
-            if i in replicas.paused:
-                return
-            if i in replicas.restarting:
+            i = await victim()
+            if i is None:
+                figures.notes.append(f"kill at {e.at:.1f} s skipped: no replica running for a minute")
                 return
             if await mid_cleanup():
                 figures.kills_mid_cleanup += 1
