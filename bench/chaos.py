@@ -36,6 +36,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,9 +56,10 @@ MANAGED_PATHS = {"pod": "/api/v1/namespaces/{ns}/pods", "configmap": "/api/v1/na
 TERMINAL = {"Completed", "Failed", "Error", "Terminated"}
 ENDINGS = {           # ending: weight
     "report": 3, "exit0": 3, "exit1": 2, "terminate": 2, "deadline": 1, "delete": 2, "pod_delete": 1,
-    "rotate": 1, "lost": 1,
+    "rotate": 1, "lost": 1, "wrapped": 1,
 }
-EXPECTED_PHASE = {"report": "Completed", "exit0": "Completed", "exit1": "Failed", "terminate": "Terminated"}
+EXPECTED_PHASE = {"report": "Completed", "exit0": "Completed", "exit1": "Failed", "terminate": "Terminated",
+                  "wrapped": "Completed"}
 # Where the SPEC allows a log to be incomplete, and why (§4 "Completeness"): a rotated log without
 # the agentctl wrapper; a lost node; a pod deleted behind the controller's back while it was down.
 ALLOWED_MISSING = {"rotate": {"rotated"}, "lost": {"kubelet_unreachable", "pod_gone", "container_gone"},
@@ -70,6 +72,11 @@ ANY_AGENT_MAY_MISS = {"stream_broken"}
 # what was archived is exactly the beginning of what was written (counted apart).
 KILLED_DURING_GRACE = "pod_gone"
 LINE = 64
+# An agent under `agentctl run` (a real process on the node simulator, `sim.local/` image) writes
+# this much past a 16 KiB rotation size, in parts over its lifetime: every byte must be archived.
+WRAPPED_BYTES = 192 * 1024
+WRAPPED_LINE = 100
+WRAPPED_PARTS = 8
 LEASE = ["--leader-election", "--leader-election-lease-duration", "4", "--leader-election-renew-deadline", "3",
          "--leader-election-retry-period", "0.5"]
 
@@ -114,7 +121,7 @@ def make_plan(seed: int, agents: int, kills: int = 20, active: float | None = No
         ending = names[i] if i < len(names) else rng.choices(names, weights)[0]   # every ending at least once
         create = 0.0 if ending == "lost" else rng.uniform(0, active * 0.6)
         end = lost_at if ending == "lost" else create + rng.uniform(2, 12)
-        size = 64 * 1024 if ending == "rotate" else rng.randrange(1, 64) * LINE
+        size = 64 * 1024 if ending == "rotate" else WRAPPED_BYTES if ending == "wrapped" else rng.randrange(1, 64) * LINE
         plans.append(AgentPlan(f"c{i:04d}-{ending.replace('_', '')}", ending, create, end, size))
     events = [Event(rng.uniform(2, active), "kill") for _ in range(kills)]
     events += [Event(active * 0.3, "api_restart"), Event(active * 0.55, "volume_full"),
@@ -122,6 +129,23 @@ def make_plan(seed: int, agents: int, kills: int = 20, active: float | None = No
     if not faults:
         events = []
     return Plan(seed, active, plans, sorted(events, key=lambda e: e.at))
+
+
+def wrapped_output(p: AgentPlan) -> bytes:
+    """What a `wrapped` agent's process writes (agentctl run passes it through and ships it)."""
+    from controller.nodesim import generate_output
+
+    return generate_output(p.bytes, line_bytes=WRAPPED_LINE)
+
+
+def wrapped_command(p: AgentPlan) -> list[str]:
+    pause = max(0.1, (p.end_at - p.create_at) / WRAPPED_PARTS)
+    code = (f"import sys, time\nfrom controller.nodesim import generate_output\n"
+            f"data = generate_output({p.bytes}, line_bytes={WRAPPED_LINE})\n"
+            f"step = len(data) // {WRAPPED_PARTS} + 1\n"
+            f"for i in range(0, len(data), step):\n"
+            f"    sys.stdout.buffer.write(data[i:i + step]); sys.stdout.flush(); time.sleep({pause:.2f})\n")
+    return ["agentctl", "run", "--", sys.executable, "-c", code]
 
 
 def agent_spec(p: AgentPlan, lost_node: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +165,9 @@ def agent_spec(p: AgentPlan, lost_node: dict[str, Any]) -> dict[str, Any]:
     elif p.ending == "rotate":
         annotations[SIM + "log-max-size"] = "16Ki"
         steps += [{"exit": 0}]
+    elif p.ending == "wrapped":
+        annotations[SIM + "log-max-size"] = "16Ki"
+        spec.update(image="sim.local/agent", command=wrapped_command(p))
     elif p.ending == "deadline":
         spec["activeDeadlineSeconds"] = max(2, round(p.end_at - p.create_at))
         steps += [{"sleep": 3600}]
@@ -149,8 +176,9 @@ def agent_spec(p: AgentPlan, lost_node: dict[str, Any]) -> dict[str, Any]:
         steps += [{"sleep": 3600}]
     else:                                   # terminate, delete, pod_delete: the driver acts
         steps += [{"sleep": 3600}]
-    annotations[SIM + "script"] = json.dumps({"steps": steps,
-                                              "onTerm": [{"log": f"{p.name}:SIGTERM\n"}, {"exit": 0}]})
+    if p.ending != "wrapped":
+        annotations[SIM + "script"] = json.dumps({"steps": steps,
+                                                  "onTerm": [{"log": f"{p.name}:SIGTERM\n"}, {"exit": 0}]})
     template: dict[str, Any] = {"metadata": {"annotations": annotations}}
     if p.ending == "lost" and lost_node:
         template["spec"] = lost_node
@@ -320,11 +348,23 @@ class Replicas:
     """The controller's two replicas, as processes (bench/process.py), through the fault proxy."""
 
     def __init__(self, world: World, ns: str, workdir: Path, count: int = 2, sweep_interval: float = 5.0):
-        from .process import ControllerProcess
+        from controller.ship import ensure_certificate
 
+        from .process import ControllerProcess, free_port
+        from .service import Service
+
+        # The ship endpoint as the chart deploys it: every replica with the same certificate (the
+        # chart's `ship.tls.secretName`), one Service in front of them all.
+        ports = [free_port() for _ in range(count)]
+        self.service = Service(ports).start()
+        url = f"https://127.0.0.1:{self.service.port}/v1/ship"
+        tls = workdir / "ship-tls"
+        ensure_certificate(tls, url)
         self.procs = [ControllerProcess(world.controller_kubeconfig(ns), ns, str(world.archive),
                                         str(workdir / f"controller-{i}.log"), sweep_interval=sweep_interval,
-                                        extra_args=[*LEASE, "--leader-election-namespace", ns],
+                                        extra_args=[*LEASE, "--leader-election-namespace", ns,
+                                                    "--ship-port", str(ports[i]), "--ship-url", url,
+                                                    "--ship-tls-dir", str(tls)],
                                         env={"POD_NAME": f"replica-{i}"})
                       for i in range(count)]
         self.paused: set[int] = set()
@@ -370,6 +410,7 @@ class Replicas:
             self.procs[i].signal(signal.SIGCONT)
         for p in self.procs:
             p.stop()
+        self.service.stop()
 
 
 async def _call(client: Client, method: str, path: str, body: Any = None, **kw: Any) -> Any:
@@ -795,6 +836,8 @@ def _check_archive(world: World, ns: str, p: AgentPlan, directory: Path, counts:
             counts["manifest_mismatches"] += 1
             bad.append(f"{p.name}: {e['name']} does not match its MANIFEST entry")
     entry = next((e for e in manifest["files"] if e["name"] == "agent.log"), None)
+    if p.ending == "wrapped":
+        return bad + _check_wrapped(p, directory, entry, counts)
     written = _written(world, ns, p.name)
     if entry is None:
         if written:
@@ -838,6 +881,24 @@ def _check_archive(world: World, ns: str, p: AgentPlan, directory: Path, counts:
             counts["logs_with_foreign_or_repeated_bytes"] += 1
             bad.append(f"{p.name}: the incomplete agent.log holds bytes twice or not written")
     return bad
+
+
+def _check_wrapped(p: AgentPlan, directory: Path, entry: dict[str, Any] | None, counts: Counter[str]) -> list[str]:
+    """Under `agentctl run` no byte may be lost, whatever the faults (SPEC §4): the archived log is
+    exactly what the process wrote, sealed complete."""
+    written = wrapped_output(p)
+    archived = (directory / "agent.log").read_bytes() if entry is not None else b""
+    counts["bytes_written"] += len(written)
+    counts["bytes_archived"] += len(archived)
+    counts["bytes_written_under_agentctl_run"] += len(written)
+    if entry is not None and entry.get("complete") is True and archived == written:
+        counts["logs_identical_under_agentctl_run"] += 1
+        return []
+    counts["logs_not_whole_under_agentctl_run"] += 1
+    counts["bytes_lost_under_agentctl_run"] += max(0, len(written) - len(archived))
+    state = "no agent.log" if entry is None else f"complete={entry.get('complete')} missing={entry.get('missing')}"
+    return [f"{p.name}: under agentctl run, agent.log is not what the process wrote "
+            f"({len(archived)} of {len(written)} bytes, {state})"]
 
 
 def _written(world: World, ns: str, name: str) -> bytes:

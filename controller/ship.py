@@ -145,6 +145,22 @@ def forget(rt: Runtime, directory: Path) -> None:
     rt.shipments.pop(str(directory), None)
 
 
+def ensure_certificate(tls_dir: Path, url: str | None) -> tuple[Path, Path, Path]:
+    """`tls.crt`/`tls.key`/`ca.crt` in ``tls_dir``: those there (the chart's Secret), or a CA and a
+    certificate for the URL's host (and localhost) made there when there are none. Replicas that
+    share one directory made beforehand share one CA (as they share the chart's Secret)."""
+    cert, key, ca = tls_dir / "tls.crt", tls_dir / "tls.key", tls_dir / "ca.crt"
+    if not (cert.is_file() and key.is_file()):
+        from .controlplane.pki import CertificateAuthority
+
+        host = urlsplit(url).hostname if url else None
+        authority = CertificateAuthority(tls_dir, common_name="agent-controller-ship-ca")
+        names = ["localhost"] + ([host] if host and not _is_ip(host) else [])
+        ips = ["127.0.0.1"] + ([host] if host and _is_ip(host) and host != "127.0.0.1" else [])
+        authority.issue("tls", host or "localhost", server=True, dns_names=names, ip_addresses=ips)
+    return cert, key, ca
+
+
 class ShipServer:
     """The HTTPS endpoint agent pods ship their output to (see the module docstring)."""
 
@@ -160,15 +176,7 @@ class ShipServer:
     def _tls(self) -> ssl.SSLContext:
         """The serving certificate: `tls.crt`/`tls.key`/`ca.crt` in tls_dir (the chart's Secret),
         or, when there is none, a CA and a certificate made there (for the URL's host)."""
-        cert, key, ca = self.tls_dir / "tls.crt", self.tls_dir / "tls.key", self.tls_dir / "ca.crt"
-        if not (cert.is_file() and key.is_file()):
-            from .controlplane.pki import CertificateAuthority
-
-            host = urlsplit(self.url).hostname if self.url else None
-            authority = CertificateAuthority(self.tls_dir, common_name="agent-controller-ship-ca")
-            names = ["localhost"] + ([host] if host and not _is_ip(host) else [])
-            ips = ["127.0.0.1"] + ([host] if host and _is_ip(host) and host != "127.0.0.1" else [])
-            authority.issue("tls", host or "localhost", server=True, dns_names=names, ip_addresses=ips)
+        cert, key, ca = ensure_certificate(self.tls_dir, self.url)
         self.ca_pem = (ca if ca.is_file() else cert).read_text()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)

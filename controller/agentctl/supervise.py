@@ -19,7 +19,7 @@ The supervisor
 * when ``AGENT_CONTROLLER_SHIP_URL`` is set (and output is piped), also ships the combined output
   to the controller as it is read (:mod:`controller.agentctl.ship`: a bounded in-memory spool and
   one background thread; never blocks or changes the passthrough), and once the tree is gone sends
-  the rest and the end of it, waiting at most ``AGENT_SHIP_FLUSH_SECONDS`` (default 10; after a
+  the rest and the end of it, waiting at most ``AGENT_SHIP_FLUSH_SECONDS`` (default 60; after a
   SIGTERM at most what is left of the grace period, at least 1 s);
 * when the child exits on its own, terminates stray descendants the same way, reports
   ``Completed``/``Failed`` to the Agent's status (only when ``AGENT_NAME`` is set) and exits with

@@ -220,7 +220,7 @@ def test_from_env_only_with_a_url(capfd: pytest.CaptureFixture[str], server: Shi
     s = Shipper.from_env({"AGENT_CONTROLLER_SHIP_URL": server.url})
     assert s is not None
     shippers.append(s)
-    assert (s.spool_bytes, s.flush_seconds) == (64 * MiB, 10.0)
+    assert (s.spool_bytes, s.flush_seconds) == (64 * MiB, 60.0)
     s2 = Shipper.from_env({"AGENT_CONTROLLER_SHIP_URL": server.url, "AGENT_SHIP_SPOOL_BYTES": "1000",
                            "AGENT_SHIP_FLUSH_SECONDS": "2.5"})
     assert s2 is not None

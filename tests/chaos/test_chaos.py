@@ -4,7 +4,7 @@ marked lost where the SPEC allows it). No timed assertion: the run's waits are f
 
 And the harness itself: the outputs a broken controller would leave (one delete skipped, one
 archived byte flipped, a broken stream sealed as complete, a loss given a reason the SPEC does
-not allow there) must fail the check; a whole log marked incomplete passes (counted apart)."""
+not allow there, half of an `agentctl run` agent's output lost) must fail the check; a whole log marked incomplete passes (counted apart)."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def _reseal(directory: Path, data: bytes, missing: str | None = None) -> None:
 
 
 def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
-    world = chaos.make_world("emulator", tmp_path, 9)
-    plan = chaos.make_plan(SEED, 9, kills=0, active=20.0, faults=False)
+    world = chaos.make_world("emulator", tmp_path, 10)
+    plan = chaos.make_plan(SEED, 10, kills=0, active=20.0, faults=False)
 
     async def go() -> list[str]:
         try:
@@ -105,6 +105,16 @@ def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
             (directory / "agent.log").write_bytes(original[0])
             (directory / "MANIFEST.json").write_bytes(original[1])
             assert (await chaos.check(world, world.client, ns, plan, metrics))["violations"] == []
+            # under agentctl run, a loss the SPEC allows elsewhere (rotated) is still a loss
+            wrapped = next(p for p in plan.agents if p.ending == "wrapped")
+            wrapped_dir = next((root / wrapped.name).iterdir())
+            whole = (wrapped_dir / "agent.log").read_bytes()
+            assert whole == chaos.wrapped_output(wrapped)
+            wrapped_manifest = (wrapped_dir / "MANIFEST.json").read_bytes()
+            _reseal(wrapped_dir, whole[len(whole) // 2:], missing="rotated")
+            found.append(await chaos.check(world, world.client, ns, plan, metrics))
+            (wrapped_dir / "agent.log").write_bytes(whole)
+            (wrapped_dir / "MANIFEST.json").write_bytes(wrapped_manifest)
             # one delete skipped: a credential of the agent left behind
             uid = directory.name
             await world.client.call("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
@@ -124,11 +134,12 @@ def test_the_harness_fails_a_broken_controller(tmp_path: Path) -> None:
             await world.client.close()
 
     try:
-        flipped, sealed, mislabelled, leaked, twice = asyncio.run(go())
+        flipped, sealed, mislabelled, rotated, leaked, twice = asyncio.run(go())
     finally:
         world.stop()
     assert "sealed complete but differs" in flipped
     assert "sealed complete but differs" in sealed
     assert "log incomplete (kubelet_unreachable): not a loss the SPEC allows" in mislabelled
+    assert "under agentctl run, agent.log is not what the process wrote" in rotated
     assert "managed objects left: {'serviceaccount'" in leaked
     assert "cleaned up 2 times (CleanedUp Events)" in twice
