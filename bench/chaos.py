@@ -348,23 +348,18 @@ class Replicas:
     """The controller's two replicas, as processes (bench/process.py), through the fault proxy."""
 
     def __init__(self, world: World, ns: str, workdir: Path, count: int = 2, sweep_interval: float = 5.0):
-        from controller.ship import ensure_certificate
-
         from .process import ControllerProcess, free_port
         from .service import Service
 
-        # The ship endpoint as the chart deploys it: every replica with the same certificate (the
-        # chart's `ship.tls.secretName`), one Service in front of them all.
+        # The ship endpoint as the chart deploys it: one Service in front of every replica, each
+        # with the CA the first one made on the archive volume (the chart's default, no Secret).
         ports = [free_port() for _ in range(count)]
         self.service = Service(ports).start()
         url = f"https://127.0.0.1:{self.service.port}/v1/ship"
-        tls = workdir / "ship-tls"
-        ensure_certificate(tls, url)
         self.procs = [ControllerProcess(world.controller_kubeconfig(ns), ns, str(world.archive),
                                         str(workdir / f"controller-{i}.log"), sweep_interval=sweep_interval,
                                         extra_args=[*LEASE, "--leader-election-namespace", ns,
-                                                    "--ship-port", str(ports[i]), "--ship-url", url,
-                                                    "--ship-tls-dir", str(tls)],
+                                                    "--ship-port", str(ports[i]), "--ship-url", url],
                                         env={"POD_NAME": f"replica-{i}"})
                       for i in range(count)]
         self.paused: set[int] = set()

@@ -20,6 +20,7 @@ class Service:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="bench-service", daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> Service:
         self._thread.start()
@@ -37,6 +38,12 @@ class Service:
         self._thread.join(10)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Held here: asyncio drops its own reference to a connection's task once the client side
+        # is lost, and a task waiting on the other side would then be garbage-collected mid-way.
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         upstream = None
         for _ in range(len(self.ports)):
             port = self.ports[next(self._next)]

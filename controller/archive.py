@@ -39,6 +39,9 @@ CAPTURE_MARK = ".capture"
 STATE_SUFFIX = ".state"
 SHIPPED_SUFFIX = ".shipped"       # <container>.log.shipped: the output agentctl run shipped (controller/ship.py)
 FINAL_SUFFIX = ".final"          # <container>.log.shipped.final: {"bytes": N}, all of it arrived
+# <archive root>/.ship-tls: the ship endpoint's self-made CA and certificate when no Secret is given,
+# shared by every replica through the volume (no namespace name starts with a dot).
+SHIP_TLS_DIR = ".ship-tls"
 RESERVE = "reserve"              # room held on the volume while a pod is stopped (PendingArchive.reserve)
 RESERVE_BYTES = 1024 * 1024
 

@@ -7,7 +7,6 @@ import datetime
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import aiohttp
 import kopf
 
 from . import DEFAULT_ARCHIVE_DIR, GROUP, PLURAL, VERSION, api
-from .archive import Archive
+from .archive import SHIP_TLS_DIR, Archive
 from .health import HealthServer
 from . import notice
 from .kopfconfig import configure
@@ -56,7 +55,7 @@ class Options:
     clock: Callable[[], Any] = utcnow
     ship_port: int | None = None             # the endpoint agentctl run ships output to (None: not offered)
     ship_url: str | None = None              # its URL as pods reach it (default: https://127.0.0.1:PORT/v1/ship)
-    ship_tls_dir: str | None = None          # its certificate (made there when missing; default: a new dir)
+    ship_tls_dir: str | None = None          # its certificate (made there when missing; default: <archive>/.ship-tls)
 
 
 def build_runtime(options: Options, config: ClientConfig | None = None) -> Runtime:
@@ -201,7 +200,7 @@ async def run(options: Options, *, runtime: Runtime | None = None, sweeper: Swee
     if options.ship_port is not None:
         from .ship import ShipServer
 
-        tls_dir = options.ship_tls_dir or tempfile.mkdtemp(prefix="agent-controller-ship-")
+        tls_dir = options.ship_tls_dir or os.path.join(options.archive_dir, SHIP_TLS_DIR)
         shipping = ShipServer(rt, options.listen_host, options.ship_port, tls_dir, options.ship_url)
         await shipping.start()
     lost = asyncio.Event()

@@ -29,7 +29,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import ssl
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -147,18 +149,41 @@ def forget(rt: Runtime, directory: Path) -> None:
 
 def ensure_certificate(tls_dir: Path, url: str | None) -> tuple[Path, Path, Path]:
     """`tls.crt`/`tls.key`/`ca.crt` in ``tls_dir``: those there (the chart's Secret), or a CA and a
-    certificate for the URL's host (and localhost) made there when there are none. Replicas that
-    share one directory made beforehand share one CA (as they share the chart's Secret)."""
-    cert, key, ca = tls_dir / "tls.crt", tls_dir / "tls.key", tls_dir / "ca.crt"
-    if not (cert.is_file() and key.is_file()):
-        from .controlplane.pki import CertificateAuthority
+    certificate for the URL's host (and localhost) made when there are none.
 
-        host = urlsplit(url).hostname if url else None
-        authority = CertificateAuthority(tls_dir, common_name="agent-controller-ship-ca")
-        names = ["localhost"] + ([host] if host and not _is_ip(host) else [])
-        ips = ["127.0.0.1"] + ([host] if host and _is_ip(host) and host != "127.0.0.1" else [])
-        authority.issue("tls", host or "localhost", server=True, dns_names=names, ip_addresses=ips)
+    A directory that does not exist yet is made whole in a sibling and renamed into place, once:
+    replicas that share it (the default, ``<archive>/.ship-tls`` on the archive volume every
+    replica mounts) race to make it, the first rename wins and the others load the winner's — so
+    they share one CA, and a pod created by one replica verifies any other, also after a
+    restart. An existing empty directory (a mount point) is filled in place."""
+    cert, key, ca = tls_dir / "tls.crt", tls_dir / "tls.key", tls_dir / "ca.crt"
+    if cert.is_file() and key.is_file():
+        return cert, key, ca
+    if tls_dir.is_dir():
+        _make_certificate(tls_dir, url)
+        return cert, key, ca
+    tls_dir.parent.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(dir=tls_dir.parent, prefix=f".{tls_dir.name}-"))
+    try:
+        _make_certificate(made, url)
+        os.rename(made, tls_dir)
+    except OSError:
+        if not (cert.is_file() and key.is_file()):
+            raise
+        # (another replica's rename came first: its CA is the one)
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
     return cert, key, ca
+
+
+def _make_certificate(directory: Path, url: str | None) -> None:
+    from .controlplane.pki import CertificateAuthority
+
+    host = urlsplit(url).hostname if url else None
+    authority = CertificateAuthority(directory, common_name="agent-controller-ship-ca")
+    names = ["localhost"] + ([host] if host and not _is_ip(host) else [])
+    ips = ["127.0.0.1"] + ([host] if host and _is_ip(host) and host != "127.0.0.1" else [])
+    authority.issue("tls", host or "localhost", server=True, dns_names=names, ip_addresses=ips)
 
 
 class ShipServer:

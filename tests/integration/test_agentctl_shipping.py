@@ -130,7 +130,7 @@ def test_shipping_resumes_across_controller_restarts_without_a_duplicated_byte(
     code = ("import sys; from controller.nodesim import generate_output; "
             f"sys.stdout.buffer.write(generate_output({total}, line_bytes=100)[:{total // parts}]); "
             f"sys.stdout.flush(); exec({then!r})")
-    controller = make_controller(ship_port=0, ship_tls_dir=str(tmp_path / "tls"))
+    controller = make_controller(ship_port=0)      # its CA made in <archive>/.ship-tls
     agent = api.create_agent(ns, "restarts", agent_spec(wrapped([sys.executable, "-c", code]), log_max_size="1Mi"))
     uid = agent["metadata"]["uid"]
     port = controller.runtime.ship.url.rsplit(":", 1)[1].split("/")[0]
@@ -139,8 +139,8 @@ def test_shipping_resumes_across_controller_restarts_without_a_duplicated_byte(
                  message=f"part {i} shipped")
         controller.stop()
         (tmp_path / f"go{i}").touch()          # the agent writes while no controller listens
-        # The same address and certificate (a Service and the chart's Secret in a cluster).
-        controller = make_controller(ship_port=int(port), ship_tls_dir=str(tmp_path / "tls"))
+        # The same address (a Service in a cluster) and, from the archive volume, the same CA.
+        controller = make_controller(ship_port=int(port))
     agent = wait_for(cleaned(api, ns, "restarts"), timeout=300)
     directory = archive_path(archive_dir, agent)
     manifest = assert_manifest(directory)

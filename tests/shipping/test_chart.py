@@ -177,7 +177,7 @@ def test_deployment_security_probes_resources() -> None:
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
     assert c["resources"]["requests"] and c["resources"]["limits"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"archive": ARCHIVE_DIR, "tmp": "/tmp", "ship-tls": "/etc/agent-controller/ship-tls"}
+    assert mounts == {"archive": ARCHIVE_DIR, "tmp": "/tmp"}   # the ship CA lives on the archive volume
     assert volume(docs, "archive") == {
         "name": "archive",
         "persistentVolumeClaim": {"claimName": f"{FULLNAME}-archive"},
@@ -562,16 +562,20 @@ def test_the_ship_endpoint_is_exposed_with_what_agent_pods_need() -> None:
     c = container(docs)
     assert flag_values(c["args"], "--ship-port") == ["9443"]
     assert flag_values(c["args"], "--ship-url") == [f"https://{FULLNAME}-ship.{NAMESPACE}.svc:9443/v1/ship"]
-    assert flag_values(c["args"], "--ship-tls-dir") == ["/etc/agent-controller/ship-tls"]
+    # without a Secret, the self-made CA on the archive volume (one for every replica)
+    assert flag_values(c["args"], "--ship-tls-dir") == [f"{ARCHIVE_DIR}/.ship-tls"]
     svc = one(docs, "Service", f"{FULLNAME}-ship")
     assert svc["spec"]["ports"] == [{"name": "ship", "port": 9443, "targetPort": "ship", "protocol": "TCP"}]
     assert one(docs, "ClusterRole", f"{FULLNAME}-ship")["rules"] == [
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
     volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
-    assert "emptyDir" in volumes["ship-tls"]
+    assert "ship-tls" not in volumes
     with_secret = render({"ship": {"tls": {"secretName": "ship-cert"}, "networkPolicy": {"enabled": True}}})
     volumes = {v["name"]: v for v in one(with_secret, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["ship-tls"] == {"name": "ship-tls", "secret": {"secretName": "ship-cert"}}
+    assert flag_values(container(with_secret)["args"], "--ship-tls-dir") == ["/etc/agent-controller/ship-tls"]
+    assert {"name": "ship-tls", "mountPath": "/etc/agent-controller/ship-tls", "readOnly": True} in \
+        container(with_secret)["volumeMounts"]
     policy = one(with_secret, "NetworkPolicy")
     assert policy["spec"]["ingress"][0]["from"][0]["podSelector"] == {
         "matchLabels": {"app.kubernetes.io/managed-by": "agent-controller"}}

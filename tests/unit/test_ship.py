@@ -16,7 +16,7 @@ from controller.metrics import Metrics
 from controller.names import AGENT_UID_LABEL, POD_CONTAINER
 from controller.podwatch import PodCache
 from controller.runtime import Runtime
-from controller.ship import AUDIENCE, TOKEN_PATH, ShipServer, ShipTarget, inject
+from controller.ship import AUDIENCE, TOKEN_PATH, ShipServer, ShipTarget, ensure_certificate, inject
 
 AGENT_UID = "0b0c0d0e-1111-2222-3333-444455556666"
 POD_UID = "9f9f9f9f-1111-2222-3333-444455556666"
@@ -125,3 +125,40 @@ def test_a_template_cannot_take_the_ship_token_volume_name() -> None:
                  {"name": "agent-controller-ship-token", "emptyDir": {}}]}}}}
     with pytest.raises(InvalidSpec, match="agent-controller-ship-token"):
         pod(agent)
+
+
+def test_replicas_that_make_the_certificate_at_once_share_one_ca(tmp_path: Path) -> None:
+    """The default `<archive>/.ship-tls`: replicas starting together race to make it; the first
+    rename wins, every other loads the winner's (one CA for all), and a restart keeps it."""
+    import threading
+
+    target = tmp_path / "archive" / ".ship-tls"
+    barrier = threading.Barrier(4)
+    results: list[bytes] = []
+
+    def replica() -> None:
+        barrier.wait()
+        _cert, _key, ca = ensure_certificate(target, "https://agent-controller-ship.ns.svc:9443/v1/ship")
+        results.append(ca.read_bytes())
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1
+    assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert (target / "ca.key").stat().st_mode & 0o077 == 0 and (target / "tls.key").stat().st_mode & 0o077 == 0
+    assert [p.name for p in target.parent.iterdir()] == [".ship-tls"]      # no half-made sibling left
+    assert ensure_certificate(target, None)[2].read_bytes() == results[0]   # a restart: the same CA
+    context = ssl.create_default_context(cafile=str(target / "ca.crt"))
+    context.load_cert_chain(target / "tls.crt", target / "tls.key")
+
+
+def test_an_empty_mount_point_is_filled_in_place_and_a_given_secret_is_used_as_it_is(tmp_path: Path) -> None:
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    cert, key, ca = ensure_certificate(mount, None)
+    assert cert.parent == mount and cert.is_file() and key.is_file() and ca.is_file()
+    before = cert.read_bytes()
+    assert ensure_certificate(mount, "https://other.example:1/v1/ship")[0].read_bytes() == before
