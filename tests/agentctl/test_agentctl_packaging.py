@@ -239,3 +239,18 @@ def test_the_docs_say_how_to_build_and_use_the_images() -> None:
     assert "pip wheel --no-deps" in smallest and "./agentctl" in smallest
     assert 'ENTRYPOINT ["agentctl", "run", "--"]' in smallest
     assert re.search(r"^FROM python:3\.\d+[.\d]*-slim", smallest, re.MULTILINE)
+
+
+def test_the_example_agent_image_installs_agentctl_alone_whatever_the_version() -> None:
+    """examples/agent-image/Dockerfile (and its copy in docs/agentctl.md): the dependency-free
+    agentctl wheel, matched by name, installed without an index — no version written down, none of
+    the controller's dependencies pulled in."""
+    example = (REPO / "examples" / "agent-image" / "Dockerfile").read_text()
+    docs = (REPO / "docs" / "agentctl.md").read_text()
+    for text in (example, docs):
+        assert PACKAGE_VERSION not in text, "no version written down"
+        assert "agent_controller-" not in text, "the controller's wheel (kopf, kubernetes, aiohttp ...) is not for agents"
+    install = re.search(r"^RUN pip install (.*)$", example, re.MULTILINE)
+    assert install is not None
+    assert "--no-index" in install.group(1) and "/tmp/wheels/agent_controller_agentctl-*-py3-none-any.whl" in install.group(1)
+    assert "pip wheel --no-deps -w examples/agent-image/wheels ./agentctl" in example + docs
