@@ -9,9 +9,10 @@ for longer than any alert's `for`, creates the situation an alert is for, waits 
 only) for that alert to fire — and only that one —, checks its text, removes the situation and
 waits for the alert to resolve.
 
-Incomplete logs: nothing in the controller increments agent_controller_incomplete_logs_total yet
-(archiving marks incomplete entries in MANIFEST.json; the counter is the log work's), so that alert
-is checked against a stand-in /metrics endpoint serving the counter, in job agent-controller.
+Incomplete logs: an agent whose container the node garbage-collected before its log was read is
+archived incomplete (`container_gone`), and the controller counts it in
+agent_controller_incomplete_logs_total. A stand-in /metrics endpoint (job agent-controller) serves
+only the test that compares the loaded rules with the shipped ones.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 from helpers import script, wait_for
+from test_archive_completeness import simulated
+from test_lifecycle import cleaned
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("AGENT_CONTROLLER_TOOLS", ROOT / ".tools"))
@@ -342,23 +345,24 @@ class StandIn:
         self.server.server_close()
 
 
-def test_an_incomplete_log_fires_for_its_window_then_resolves(prometheus):
-    stand_in = StandIn()
-    try:
-        prom = prometheus([stand_in.target])
-        prom.evaluated_for(LONGEST_FOR + 2)
-        prom.quiet()
-        stand_in.counts["rotated"] = 1
-        alert = prom.wait_firing("AgentControllerIncompleteLogs", reason="rotated")
-        assert alert["annotations"]["summary"] == \
-            "1 agent log(s) archived incomplete in the last 20s, reason rotated"
-        prom.quiet(allowed=("AgentControllerIncompleteLogs",))
-        # No further incomplete log: it resolves once the window has passed.
-        prom.wait_resolved("AgentControllerIncompleteLogs")
-        prom.quiet()
-    finally:
-        with contextlib.suppress(Exception):
-            stand_in.close()
+def test_an_incomplete_log_fires_for_its_window_then_resolves(api, ns, make_controller, prometheus):
+    ctl = healthy(make_controller)
+    prom = prometheus([target(ctl)])
+    prom.evaluated_for(LONGEST_FOR + 2)
+    prom.quiet()
+    # Its container garbage-collected by the node before its log was read: archived incomplete.
+    api.create_agent(ns, "gone", {"image": "agent:1", "podTemplate": simulated(
+        [{"log": "lost forever\n"}, {"exit": 0}], gc_after_exit="true")})
+    agent = wait_for(cleaned(api, ns, "gone"), timeout=WAIT)
+    assert agent["status"]["cleanup"]["logsComplete"] is False
+    alert = prom.wait_firing("AgentControllerIncompleteLogs", reason="container_gone")
+    assert alert["annotations"]["summary"] == \
+        "1 agent log(s) archived incomplete in the last 20s, reason container_gone"
+    assert alert["labels"]["severity"] == "warning"
+    prom.quiet(allowed=("AgentControllerIncompleteLogs",))
+    # No further incomplete log: it resolves once the window has passed.
+    prom.wait_resolved("AgentControllerIncompleteLogs")
+    prom.quiet()
 
 
 def test_the_rules_prometheus_loaded_are_the_shipped_ones(prometheus, tmp_path):
