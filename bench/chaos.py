@@ -424,8 +424,10 @@ async def _call(client: Client, method: str, path: str, body: Any = None, **kw: 
 async def _delete_pod_until_the_agent_ends(client: Client, ns: str, name: str) -> None:
     """Delete the agent's pod behind the controller's back — once it exists (under chaos it may be
     created late), and again if the controller creates it anew (a pod it had not recorded yet is
-    re-created, not taken for lost) — until the agent ends; not if it ended first."""
-    deadline = time.monotonic() + 180
+    re-created, not taken for lost) — until the agent ends; not if it ended first. The pod is
+    waited for as long as the controller may take to create it under chaos (10 minutes); the
+    agent's end, for 3 minutes after a deletion."""
+    deadline = time.monotonic() + 600
     deleted: set[str] = set()
     while True:
         agent = await _call(client, "GET", agents_path(ns, name))
@@ -441,10 +443,14 @@ async def _delete_pod_until_the_agent_ends(client: Client, ns: str, name: str) -
             pod = None
         uid = (pod or {}).get("metadata", {}).get("uid")
         if uid and uid not in deleted:
-            with contextlib.suppress(HttpError):      # (404/409: gone, or another pod by now)
+            try:
                 await _call(client, "DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
                             {"preconditions": {"uid": uid}})
+            except HttpError as exc:
+                if exc.status not in (404, 409):      # (gone, or another pod by now); else again
+                    raise
             deleted.add(uid)
+            deadline = time.monotonic() + 180
         if time.monotonic() > deadline:
             raise HttpError(408, {"message": "the agent did not end after its pod was deleted"})
         await asyncio.sleep(0.5)

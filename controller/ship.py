@@ -43,8 +43,9 @@ from aiohttp import web
 
 from .archive import FINAL_SUFFIX, MANIFEST, SHIPPED_SUFFIX, Archive, ArchiveError, log_filename
 from .kube.client import ApiError, Fenced
-from .names import POD_CONTAINER
+from .names import AGENT_UID_LABEL, POD_CONTAINER
 from .names import SHIP_TOKEN_VOLUME as TOKEN_VOLUME
+from .podwatch import PodInfo
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024       # a request's body (agentctl sends up 
 REVIEW_CACHE_SECONDS = 60.0               # a reviewed token is trusted this long (its pod is checked every time)
 REVIEW_CACHE_ENTRIES = 10_000
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,15 @@ def _make_certificate(directory: Path, url: str | None) -> None:
     authority.issue("tls", host or "localhost", server=True, dns_names=names, ip_addresses=ips)
 
 
+@dataclass(frozen=True)
+class ReviewedPod:
+    """The pod a reviewed token is bound to: its UID, and its namespace and name (from the
+    service account's username and the token's extra)."""
+    uid: str
+    namespace: str
+    name: str
+
+
 class ShipServer:
     """The HTTPS endpoint agent pods ship their output to (see the module docstring)."""
 
@@ -194,7 +205,7 @@ class ShipServer:
         self.rt, self.host, self.port = rt, host, port
         self.tls_dir = Path(tls_dir)
         self.url = url
-        self._reviews: dict[str, tuple[float, str]] = {}     # sha256(token) -> (trusted until, pod uid)
+        self._reviews: dict[str, tuple[float, ReviewedPod]] = {}     # sha256(token) -> (trusted until, its pod)
         self._runner: web.AppRunner | None = None
         self.ca_pem = ""
 
@@ -209,7 +220,7 @@ class ShipServer:
 
     async def start(self) -> int:
         context = await asyncio.to_thread(self._tls)
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[_log_refusals])
         app.add_routes([web.get("/v1/ship", self._get), web.post("/v1/ship", self._post)])
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -289,8 +300,10 @@ class ShipServer:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise _error(web.HTTPUnauthorized, "a bearer token is required")
-        pod_uid = await self._review(header[7:].strip())
-        info = self.rt.pods.get(pod_uid)
+        pod = await self._review(header[7:].strip())
+        info = self.rt.pods.get(pod.uid)
+        if info is None and self.rt.pods.synced.is_set():
+            info = await self._look_up(pod)
         if info is None or not info.owner_uid or not info.owner_name:
             if not self.rt.pods.synced.is_set():
                 raise _error(web.HTTPServiceUnavailable, "starting: the managed pods are not listed yet")
@@ -301,8 +314,29 @@ class ShipServer:
             raise _error(web.HTTPForbidden, str(exc)) from exc
         return shipment(self.rt, directory)
 
-    async def _review(self, token: str) -> str:
-        """The UID of the pod the token is bound to (a TokenReview of our audience; cached a while)."""
+    async def _look_up(self, pod: ReviewedPod) -> PodInfo | None:
+        """A pod the cache does not hold (yet): a new pod ships before this replica's pod watch
+        brings it (found by the chaos run on a real API server, where the watch lags) — read
+        from the API; an agent pod of ours goes into the cache, anything else is refused."""
+        if not pod.namespace or not pod.name:
+            return None
+        try:
+            body = await self.rt.client.request("GET", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
+        except Fenced:
+            raise _error(web.HTTPServiceUnavailable, "this replica is not the leader") from None
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise _error(web.HTTPServiceUnavailable, "cannot read the token's pod now") from exc
+        meta = body.get("metadata") or {}
+        owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller") and o.get("kind") == "Agent"]
+        if meta.get("uid") != pod.uid or not owners or AGENT_UID_LABEL not in (meta.get("labels") or {}):
+            return None
+        self.rt.pods.upsert(body)
+        return self.rt.pods.get(pod.uid)
+
+    async def _review(self, token: str) -> ReviewedPod:
+        """The pod the token is bound to (a TokenReview of our audience; cached a while)."""
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         cached = self._reviews.get(digest)
@@ -328,8 +362,26 @@ class ShipServer:
             self._reviews = {k: v for k, v in self._reviews.items() if v[0] > now}
             if len(self._reviews) >= REVIEW_CACHE_ENTRIES:
                 self._reviews.clear()
-        self._reviews[digest] = (now + REVIEW_CACHE_SECONDS, str(uids[0]))
-        return str(uids[0])
+        username = str((status.get("user") or {}).get("username") or "")
+        parts = username.split(":")          # system:serviceaccount:<namespace>:<name>
+        names = extra.get(POD_NAME_EXTRA) or [""]
+        pod = ReviewedPod(str(uids[0]), parts[2] if len(parts) == 4 else "", str(names[0]))
+        self._reviews[digest] = (now + REVIEW_CACHE_SECONDS, pod)
+        return pod
+
+
+@web.middleware
+async def _log_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A refusal that ends an agent's shipping (4xx but 409's "resend from") is said in the log,
+    with the peer: the agent's archive then falls back to the API-read copy. 5xx (standby,
+    starting, volume full) are retried by agentctl: debug only."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        level = logging.DEBUG if exc.status >= 500 or exc.status == 409 else logging.WARNING
+        log.log(level, "ship: %s %s from %s: %d %s", request.method, request.path_qs, request.remote,
+                exc.status, exc.text)
+        raise
 
 
 def _error(kind: type[web.HTTPException], message: str) -> web.HTTPException:

@@ -29,26 +29,45 @@ class Reviews:
         self.calls = 0
 
     async def request(self, method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any]:
+        self.calls += 1
+        if method == "GET":                     # a pod the cache does not hold
+            name = path.rsplit("/", 1)[1]
+            assert path == f"/api/v1/namespaces/ns/pods/{name}"
+            return PODS[name]
         assert (method, path) == ("POST", "/apis/authentication.k8s.io/v1/tokenreviews")
         assert body["spec"]["audiences"] == [AUDIENCE]
-        self.calls += 1
         token = body["spec"]["token"]
-        if token not in ("good", "stranger"):
+        if token not in TOKENS:
             return {"status": {"authenticated": False, "error": "invalid token"}}
-        uid = POD_UID if token == "good" else "11111111-1111-2222-3333-444455556666"
+        name = TOKENS[token]
         return {"status": {"authenticated": True, "audiences": [AUDIENCE], "user": {
             "username": "system:serviceaccount:ns:a1-agent",
-            "extra": {"authentication.kubernetes.io/pod-uid": [uid]}}}}
+            "extra": {"authentication.kubernetes.io/pod-uid": [PODS[name]["metadata"]["uid"]],
+                      "authentication.kubernetes.io/pod-name": [name]}}}}
+
+
+def agent_pod(name: str, uid: str, agent: str, agent_uid: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": "1",
+                         "labels": {AGENT_UID_LABEL: agent_uid},
+                         "ownerReferences": [{"kind": "Agent", "name": agent, "uid": agent_uid, "controller": True}]},
+            "spec": {"containers": [{"name": POD_CONTAINER}]}, "status": {"phase": "Running"}}
+
+
+FRESH_AGENT_UID = "99999999-8888-7777-6666-555555555555"
+PODS = {
+    "a1-agent": agent_pod("a1-agent", POD_UID, "a1", AGENT_UID),
+    # created a moment ago: the pod watch has not brought it yet
+    "a2-agent": agent_pod("a2-agent", "22222222-3333-4444-5555-666666666666", "a2", FRESH_AGENT_UID),
+    # not an agent pod (no Agent owns it)
+    "other": {"metadata": {"name": "other", "namespace": "ns", "uid": "11111111-1111-2222-3333-444455556666"}},
+}
+TOKENS = {"good": "a1-agent", "fresh": "a2-agent", "stranger": "other"}
 
 
 def runtime(tmp_path: Path) -> Runtime:
     rt = Runtime(client=Reviews(), archive=Archive(tmp_path / "archive"), metrics=Metrics(),  # type: ignore[arg-type]
                  pods=PodCache())
-    rt.pods.upsert({"metadata": {"name": "a1-agent", "namespace": "ns", "uid": POD_UID, "resourceVersion": "1",
-                                 "labels": {AGENT_UID_LABEL: AGENT_UID},
-                                 "ownerReferences": [{"kind": "Agent", "name": "a1", "uid": AGENT_UID,
-                                                      "controller": True}]},
-                    "spec": {"containers": [{"name": POD_CONTAINER}]}, "status": {"phase": "Running"}})
+    rt.pods.upsert(PODS["a1-agent"])
     rt.pods.synced.set()
     return rt
 
@@ -82,6 +101,12 @@ async def test_bytes_are_held_exactly_once_and_sealed_after_final(tmp_path: Path
             assert (await call(s, url, "good", data=b"more", offset=12))[0] == 409   # nothing after final
             assert (await call(s, url, "nobody", "GET"))[0] == 401
             assert (await call(s, url, "stranger", "GET"))[0] == 403
+            # A new pod ships before the pod watch brings it: read from the API, then taken.
+            assert rt.pods.get(PODS["a2-agent"]["metadata"]["uid"]) is None
+            assert await call(s, url, "fresh", data=b"early", offset=0) == (200, {"offset": 5, "final": False})
+            assert rt.pods.get(PODS["a2-agent"]["metadata"]["uid"]) is not None
+            assert (tmp_path / "archive" / "ns" / "a2" / f".{FRESH_AGENT_UID}.capture" / "agent.log.shipped"
+                    ).read_bytes() == b"early"
             assert (await call(s, url, "good", "GET", container="sidecar"))[0] == 403
             directory = rt.archive.agent_dir("ns", "a1", AGENT_UID)
             pending = rt.archive.begin(directory)       # (the shipped copy survives begin: a restart)
@@ -94,8 +119,8 @@ async def test_bytes_are_held_exactly_once_and_sealed_after_final(tmp_path: Path
             pending.commit()
             assert (directory / "agent.log").read_bytes() == b"hello world\n"
             assert sorted(p.name for p in directory.iterdir()) == ["MANIFEST.json", "agent.log"]
-        assert rt.client.calls <= 3           # reviews are cached (the good token reviewed once)
-        assert rt.metrics.shipped_bytes._value.get() == 12
+        assert rt.client.calls <= 6           # reviews are cached (each token reviewed once), 2 pod GETs
+        assert rt.metrics.shipped_bytes._value.get() == 12 + 5
     finally:
         await server.stop()
 
