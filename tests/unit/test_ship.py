@@ -187,3 +187,28 @@ def test_an_empty_mount_point_is_filled_in_place_and_a_given_secret_is_used_as_i
     assert cert.parent == mount and cert.is_file() and key.is_file() and ca.is_file()
     before = cert.read_bytes()
     assert ensure_certificate(mount, "https://other.example:1/v1/ship")[0].read_bytes() == before
+
+
+def test_a_finished_log_left_uncommitted_is_whole_when_it_holds_what_the_agent_reported(tmp_path: Path) -> None:
+    """A run took the shipped copy (or read all of the log) and was killed, or lost its lease,
+    before the commit; the next finds it with the pod gone: complete when its size is the agent's
+    reported count, `pod_gone` (not known) otherwise."""
+    from controller.logs import confirm_salvaged
+
+    archive = Archive(tmp_path / "archive")
+    data = b"every byte\n" * 100
+    for i, (reported, complete) in enumerate(((len(data), True), (len(data) + 1, False), (None, False))):
+        directory = archive.agent_dir("ns", f"a{i}", AGENT_UID)
+        first = archive.begin(directory)
+        (first.tmp / "agent.log.shipped").write_bytes(data)
+        first.use_shipped("agent.log")
+        first.close()                                      # the run ends before its commit
+        again = archive.begin(directory)
+        assert again.salvaged == ["agent.log"]
+        expected = {POD_CONTAINER: reported} if reported is not None else None
+        assert (confirm_salvaged(again, expected) == "agent.log") is complete
+        result = again.commit()
+        manifest = json.loads((result.directory / "MANIFEST.json").read_text())
+        (entry,) = [e for e in manifest["files"] if e["name"] == "agent.log"]
+        assert entry["size"] == len(data)
+        assert entry["complete"] is complete and (complete or entry["missing"] == "pod_gone")
