@@ -355,7 +355,8 @@ class ShipServer:
         extra: Mapping[str, Any] = (status.get("user") or {}).get("extra") or {}
         uids = extra.get(POD_UID_EXTRA) or []
         if not status.get("authenticated") or AUDIENCE not in (status.get("audiences") or [AUDIENCE]):
-            raise _error(web.HTTPUnauthorized, "the token is not valid for " + AUDIENCE)
+            why = str(status.get("error") or "")[:200]
+            raise _error(web.HTTPUnauthorized, "the token is not valid for " + AUDIENCE + (f": {why}" if why else ""))
         if not uids:
             raise _error(web.HTTPForbidden, "the token is not bound to a pod")
         if len(self._reviews) >= REVIEW_CACHE_ENTRIES:

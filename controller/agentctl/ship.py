@@ -14,8 +14,10 @@ the agent's archive. Protocol (v1, the contract with ``controller/ship.py``):
   ``409 {"offset": H}``: a gap, resend from H.
 * ``POST ...&final=1`` (the last bytes, or none): everything the process tree wrote ends at
   ``N + len(body)`` -> ``200 {"offset": M, "final": true}``.
-* 401, 403, 410 (and other 4xx): stop shipping, one line on stderr; 5xx (503, 507 ...),
-  connection errors and timeouts: retry with backoff (0.5 s doubling to 5 s).
+* 403, 410 (and other 4xx): stop shipping, one line on stderr; 5xx (503, 507 ...), 401,
+  connection errors and timeouts: retry with backoff (0.5 s doubling to 5 s). 401 is retried
+  because a kube-apiserver that just restarted can fail to verify a pod-bound token for a moment
+  (seen in the chaos run on a real control plane), and the kubelet rotates the token file.
 
 Authenticated with ``Authorization: Bearer`` and the projected token in
 ``AGENT_CONTROLLER_SHIP_TOKEN_FILE``, read again for every request (the kubelet rotates it); the
@@ -60,7 +62,7 @@ CHUNK_BYTES = 1024 * 1024
 """The most bytes one request carries."""
 REQUEST_TIMEOUT = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
-RETRIED_STATUSES = frozenset({408, 429})
+RETRIED_STATUSES = frozenset({401, 408, 429})
 """4xx answers that are retried like 5xx (every other 4xx but 409 stops shipping)."""
 
 
@@ -354,7 +356,7 @@ class Shipper:
         """Any other answer (the lock is held): 5xx and a few 4xx are retried, the rest stop shipping."""
         if status >= 500 or status in RETRIED_STATUSES:
             return False
-        why = {401: "the token was rejected", 403: "this pod may not ship",
+        why = {403: "this pod may not ship",
                410: "the archive is sealed"}.get(status, "refused")
         message = _message(answer)
         self._stop_locked(f"not shipping output to the controller any more: {why} (HTTP {status}"
