@@ -214,7 +214,8 @@ def target(ctl: Any) -> str:
 def healthy(make_controller: Callable[..., Any], **options: Any) -> Any:
     """A controller sweeping every SWEEP seconds, once it has swept successfully (its
     last-sweep gauge is 0 until the first sweep, one interval after the start)."""
-    ctl = make_controller(sweep_interval=float(SWEEP), sweep_timeout=1.0, **options)
+    # (a sweep may take seconds on a loaded machine: only a hung one may time out)
+    ctl = make_controller(sweep_interval=float(SWEEP), sweep_timeout=4.0, **options)
     wait_for(lambda: ctl.sweeper.last_success is not None, timeout=WAIT, message="first sweep")
     return ctl
 
