@@ -29,8 +29,9 @@ def message(api: Any, ns: str, name: str, reason: str) -> str:
 def test_a_deadline_is_a_warning_between_start_and_cleanup(api, ns, controller):
     api.create_agent(ns, "dl", {"image": "agent:1", "activeDeadlineSeconds": 2, "env": script([{"sleep": 3600}])})
     wait_for(cleaned(api, ns, "dl"))
-    assert told(api, ns, "dl") == [("Normal", "PodCreated"), ("Normal", "Started"),
-                                   ("Warning", "DeadlineExceeded"), ("Normal", "CleanedUp")]
+    # (`Started` only if the pod was seen running before the 2 s deadline: a loaded machine may not)
+    assert [e for e in told(api, ns, "dl") if e != ("Normal", "Started")] == [
+        ("Normal", "PodCreated"), ("Warning", "DeadlineExceeded"), ("Normal", "CleanedUp")]
     assert "pod, prompt and credentials deleted" in message(api, ns, "dl", "CleanedUp")
 
 
