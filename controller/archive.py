@@ -274,6 +274,14 @@ class PendingArchive:
             return size if expected == size and told in (None, size) else None
         return size if told == size else None
 
+    def size(self, filename: str) -> int | None:
+        """The size of `filename` in the in-progress directory, None if it is not there. Blocking."""
+        _check_filename(filename)
+        try:
+            return (self.tmp / filename).stat().st_size
+        except OSError:
+            return None
+
     def use_shipped(self, filename: str) -> None:
         """The shipped copy becomes `filename` (the copy read from the API is dropped). Blocking."""
         handle = self._handles.pop(filename, None)

@@ -210,8 +210,7 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
                 failure = task.exception()
                 if failure is not None:
                     raise failure        # an archive write failed, a log refused: data first
-        shipped = await _take_shipped(rt, pending, expected) or await asyncio.to_thread(
-            confirm_salvaged, pending, expected)
+        shipped = await _take_shipped(rt, pending, expected)
         for capture in captures:
             if capture.filename == shipped:
                 continue          # the copy agentctl run shipped is the log (whole): the API-read one is not kept
@@ -253,37 +252,25 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
 
 
 async def _take_shipped(rt: Runtime, pending: PendingArchive, expected: Mapping[str, int] | None) -> str | None:
-    """The copy `agentctl run` shipped (controller/ship.py) is the agent container's log when all of
-    it arrived: it holds what rotation or a lost node took from the node's copy. Shipping ends here."""
+    """The agent container's log when it is known whole, or None. Shipping ends here.
+
+    - The copy `agentctl run` shipped (controller/ship.py), when all of it arrived: it holds what
+      rotation or a lost node took from the node's copy.
+    - Else the log as an earlier run left it finished but not committed (it took the shipped copy,
+      or read all of it, then was killed or lost its lease), when it holds exactly the bytes the
+      agent reported (`status.output`): a capture or a shipped copy never holds a byte twice.
+      Found by the chaos run: such logs were marked `pod_gone`."""
     await ship.seal(rt, pending.final)
     filename = log_filename(POD_CONTAINER, False)
     want = expected.get(POD_CONTAINER) if expected else None
 
     def take() -> bool:
-        if pending.shipped(filename, want) is None:
-            return False
-        pending.use_shipped(filename)
-        return True
+        if pending.shipped(filename, want) is not None:
+            pending.use_shipped(filename)
+            return True
+        return want is not None and filename in pending.salvaged and pending.size(filename) == want
 
     if not await asyncio.to_thread(take):
-        return None
-    pending.logs[filename] = {"container": POD_CONTAINER, "previous": False, "complete": True}
-    return filename
-
-
-def confirm_salvaged(pending: PendingArchive, expected: Mapping[str, int] | None) -> str | None:
-    """The agent container's log as an earlier run left it finished but not committed (it took the
-    shipped copy, or read all of it, then was killed or lost its lease): whole when it holds
-    exactly the bytes the agent reported (`status.output`), since a capture or a shipped copy
-    never holds a byte twice. Found by the chaos run: such logs were marked `pod_gone`. Blocking."""
-    filename = log_filename(POD_CONTAINER, False)
-    want = expected.get(POD_CONTAINER) if expected else None
-    if want is None or filename not in pending.salvaged:
-        return None
-    try:
-        if (pending.tmp / filename).stat().st_size != want:
-            return None
-    except OSError:
         return None
     pending.logs[filename] = {"container": POD_CONTAINER, "previous": False, "complete": True}
     return filename

@@ -43,7 +43,8 @@ from aiohttp import web
 
 from .archive import FINAL_SUFFIX, MANIFEST, SHIPPED_SUFFIX, Archive, ArchiveError, log_filename
 from .kube.client import ApiError, Fenced
-from .names import AGENT_UID_LABEL, POD_CONTAINER
+from .kube.resources import PODS
+from .names import POD_CONTAINER
 from .names import SHIP_TOKEN_VOLUME as TOKEN_VOLUME
 from .podwatch import PodInfo
 from .runtime import Runtime
@@ -321,16 +322,15 @@ class ShipServer:
         if not pod.namespace or not pod.name:
             return None
         try:
-            body = await self.rt.client.request("GET", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
+            body = await self.rt.client.get_or_none(PODS, pod.namespace, pod.name)
         except Fenced:
             raise _error(web.HTTPServiceUnavailable, "this replica is not the leader") from None
         except ApiError as exc:
-            if exc.status == 404:
-                return None
             raise _error(web.HTTPServiceUnavailable, "cannot read the token's pod now") from exc
-        meta = body.get("metadata") or {}
-        owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller") and o.get("kind") == "Agent"]
-        if meta.get("uid") != pod.uid or not owners or AGENT_UID_LABEL not in (meta.get("labels") or {}):
+        if body is None:
+            return None
+        info = PodInfo.of(body)            # the cache's own reading of a pod: whose Agent it is
+        if info.uid != pod.uid or not info.owner_uid or not info.owner_name:
             return None
         self.rt.pods.upsert(body)
         return self.rt.pods.get(pod.uid)

@@ -28,6 +28,9 @@ class Reviews:
     def __init__(self) -> None:
         self.calls = 0
 
+    async def get_or_none(self, res: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.request("GET", res.path(namespace, name))
+
     async def request(self, method: str, path: str, body: Any = None, **_: Any) -> dict[str, Any]:
         self.calls += 1
         if method == "GET":                     # a pod the cache does not hold
@@ -193,9 +196,12 @@ def test_a_finished_log_left_uncommitted_is_whole_when_it_holds_what_the_agent_r
     """A run took the shipped copy (or read all of the log) and was killed, or lost its lease,
     before the commit; the next finds it with the pod gone: complete when its size is the agent's
     reported count, `pod_gone` (not known) otherwise."""
-    from controller.logs import confirm_salvaged
+    import asyncio
 
-    archive = Archive(tmp_path / "archive")
+    from controller.logs import _take_shipped
+
+    rt = runtime(tmp_path)
+    archive = rt.archive
     data = b"every byte\n" * 100
     for i, (reported, complete) in enumerate(((len(data), True), (len(data) + 1, False), (None, False))):
         directory = archive.agent_dir("ns", f"a{i}", AGENT_UID)
@@ -206,7 +212,7 @@ def test_a_finished_log_left_uncommitted_is_whole_when_it_holds_what_the_agent_r
         again = archive.begin(directory)
         assert again.salvaged == ["agent.log"]
         expected = {POD_CONTAINER: reported} if reported is not None else None
-        assert (confirm_salvaged(again, expected) == "agent.log") is complete
+        assert (asyncio.run(_take_shipped(rt, again, expected)) == "agent.log") is complete
         result = again.commit()
         manifest = json.loads((result.directory / "MANIFEST.json").read_text())
         (entry,) = [e for e in manifest["files"] if e["name"] == "agent.log"]
