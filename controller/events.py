@@ -2,7 +2,7 @@
 show them: CamelCase reasons, `Normal` or `Warning`, and repeats aggregated into one Event whose
 `count` and `lastTimestamp` move (as client-go's event recorder does), not one Event per retry.
 
-Best effort: an Event that cannot be posted is logged at debug level, never raised.
+Best effort: an Event that cannot be posted is logged (a warning if RBAC refused it), never raised.
 """
 
 from __future__ import annotations
@@ -64,7 +64,13 @@ class EventRecorder:
                 self._posted.move_to_end(uid)
                 return
             except ApiError as exc:
-                log.debug("event %s not updated (%s): posting a new one", reason, exc)
+                if exc.status == 403:
+                    # A role without `patch` on events: every repeat becomes an Event of its own.
+                    log.warning("event %s of %s/%s not aggregated, posting a new one (does the controller's "
+                                "role grant patch on events?): %s", reason, meta.get("namespace"),
+                                meta.get("name"), exc)
+                else:
+                    log.debug("event %s not updated (%s): posting a new one", reason, exc)
         stamp = _ts(now)
         event = {
             "apiVersion": "v1", "kind": "Event",
@@ -82,7 +88,8 @@ class EventRecorder:
         try:
             created = await self.client.create(EVENTS, meta.get("namespace"), event)
         except ApiError as exc:
-            log.debug("event %s not posted: %s", reason, exc)
+            # (a role without `create` on events is the administrator's to fix: said, not hidden)
+            (log.warning if exc.status == 403 else log.debug)("event %s not posted: %s", reason, exc)
             return
         if aggregate:
             cmeta = created.get("metadata") or {}

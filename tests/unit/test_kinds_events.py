@@ -268,6 +268,30 @@ async def test_a_failed_post_is_not_raised_nor_remembered():
 
 
 @async_test
+async def test_refused_by_rbac_is_a_warning_in_the_log(caplog):
+    """A role without `create` / `patch` on events is the administrator's to fix: logged as a
+    warning (every other failure at debug level), and a repeat still posts an Event of its own."""
+    rec, api, _ = recorder()
+    api.fail_create = True
+    with caplog.at_level("DEBUG", logger="controller.events"):
+        await rec.post(obj(), WARNING, "CleanupRetrying", "1", aggregate=True)
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "forbidden" in caplog.text
+    api.fail_create = False
+    await rec.post(obj(), WARNING, "CleanupRetrying", "2", aggregate=True)
+    caplog.clear()
+    api.fail_patch = ApiError(403, "Forbidden", 'events "a1.1" is forbidden: cannot patch resource "events"')
+    with caplog.at_level("DEBUG", logger="controller.events"):
+        await rec.post(obj(), WARNING, "CleanupRetrying", "3", aggregate=True)
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "patch on events" in caplog.text
+    assert len(api.created) == 2 and api.created[1]["message"] == "3"
+    caplog.clear()
+    api.fail_patch = ApiError(500, "InternalError", "etcd timeout")
+    with caplog.at_level("DEBUG", logger="controller.events"):
+        await rec.post(obj(), WARNING, "CleanupRetrying", "4", aggregate=True)
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+
+
+@async_test
 async def test_messages_are_bounded():
     rec, api, _ = recorder()
     await rec.post(obj(), WARNING, "CleanupRetrying", "x" * 5000, aggregate=True)

@@ -13,9 +13,9 @@ Roles (watchNamespaces), so the two cannot drift. Exactly what the controller ca
 - agents/finalizers: `update`. Every child carries an ownerReference with blockOwnerDeletion: true;
   where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift and others)
   setting it needs `update` on the owner's finalizers subresource;
-- events (core/v1): `create` only. The controller's Events (cleanup.post_event) and kopf's are
-  always new objects (POST); neither patches Events nor uses events.k8s.io, so `patch` and the
-  events.k8s.io rule were removed (tests/rbac proves the scenarios pass without them).
+- events (core/v1): `create`, and `patch` to aggregate a repeat (a retried cleanup, a creation
+  refused again by a quota) into the earlier Event's count, as client-go's recorder does. Only
+  core/v1 Events: neither the controller nor kopf uses events.k8s.io.
 API discovery needs no rule (system:discovery allows it to every authenticated user). kopf's
 optional watch of CustomResourceDefinitions (to notice CRDs created after it started) is denied on
 purpose: kopf logs a warning and works without it.
@@ -46,7 +46,7 @@ scenarios break.
   verbs: ["get", "list", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/*
