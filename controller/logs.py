@@ -44,6 +44,7 @@ POD_FINISHED = ("Succeeded", "Failed")
 STREAM_DRAIN_SECONDS = 10.0      # after the pod is gone, how long its log streams may take to end
 MAX_RESUMES = 20                 # broken streams resumed per log before it is recorded incomplete
 DEFAULT_LOG_TIMEOUT = float(api.DEFAULTS["cleanup.logTimeoutSeconds"])
+SHIPMENT_POLL_SECONDS = 0.2     # how often a cleanup waiting for agentctl run's last bytes looks
 CAPTURE_RETRY_SECONDS = 2.0      # a running pod whose logs could not be opened yet: try again this soon
 STILL_RUNNING_WAIT_SECONDS = 1.0  # a stream that keeps ending while its container runs: retried this often
 STATE_EVERY_SECONDS = 1.0        # how often a log's resume state (.state) is saved while it streams
@@ -183,6 +184,7 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
         log.warning("archive %s: pod gone, finishing the log files an earlier run had streamed: %s",
                     directory, ", ".join(pending.salvaged))
     try:
+        await _await_shipment(rt, directory, pods, expected, deadline)
         # A pod whose containers have all ended is deleted at once (grace 0): read its logs to the
         # end — confirmed by the log's last line — before it goes. A running pod's streams are
         # checked to be up to date first (a follow stream that stopped at a rotation resumes now,
@@ -249,6 +251,43 @@ async def archive_and_stop_pods(rt: Runtime, directory: Path, pods: list[dict[st
             task.cancel()
         await asyncio.to_thread(pending.close)
         raise
+
+
+async def _await_shipment(rt: Runtime, directory: Path, pods: list[dict[str, Any]],
+                          expected: Mapping[str, int] | None, deadline: float) -> None:
+    """`agentctl run` reported its byte counts (`status.output`) and is still sending the rest (a
+    controller kill, a failover or an API server restart held it up): its pod — and with it the
+    wrapper — is not stopped before the shipped copy holds them all, the agent container ends (the
+    wrapper gave up or finished), or the log deadline passes. Without counts there is nothing to wait
+    for: the wrapper ships the rest within the grace period."""
+    want = expected.get(POD_CONTAINER) if expected else None
+    if rt.ship is None or want is None:
+        return
+    running = [str(p["metadata"].get("uid", "")) for p in pods
+               if (p.get("status") or {}).get("phase") not in POD_FINISHED]
+    if not running:
+        return
+    s = ship.shipment(rt, directory)
+    loop = asyncio.get_running_loop()
+    told = False
+    while True:
+        if s.size is None and not s.sealed:
+            await asyncio.to_thread(s.load)
+        if s.sealed or s.final or (s.size or 0) >= want:
+            break
+        alive = [info for info in map(rt.pods.get, running)
+                 if info is not None and POD_CONTAINER not in info.terminated and not info.state.deleting]
+        if not alive:
+            break
+        if loop.time() >= deadline:
+            log.warning("archive %s: agentctl run had shipped %d of the %d bytes it reported when the log "
+                        "timeout passed: stopping its pod", directory, s.size or 0, want)
+            break
+        if not told:
+            told = True
+            log.info("archive %s: waiting for agentctl run to ship the rest (%d of %d bytes arrived)",
+                     directory, s.size or 0, want)
+        await asyncio.sleep(SHIPMENT_POLL_SECONDS)
 
 
 async def _take_shipped(rt: Runtime, pending: PendingArchive, expected: Mapping[str, int] | None) -> str | None:

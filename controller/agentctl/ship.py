@@ -41,7 +41,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.agentctl.supervise import env_number, say
@@ -54,10 +54,13 @@ ENV_FLUSH = "AGENT_SHIP_FLUSH_SECONDS"
 
 CONTAINER = "agent"
 DEFAULT_SPOOL_BYTES = 64 * 1024 * 1024
-DEFAULT_FLUSH_SECONDS = 60.0
-"""How long the end may take to arrive: past a leader failover and a controller restart (a
-minute), found too short at 10 s by the chaos run (bench/chaos.py), where a full volume, a paused
-leader and a failover followed each other while an agent ended."""
+DEFAULT_FLUSH_SECONDS = 300.0
+"""How long the end may take to arrive once the agent's process tree is gone — the controller's
+own wait for it (`cleanup.logTimeoutSeconds`, default 300) — past controller kills, a leader
+failover and an API server restart: found too short at 10 s and at 60 s by the chaos run
+(bench/chaos.py). The byte counts are reported first, so the controller knows what to wait for and
+keeps the pod (and this process) until all of it arrived; a SIGTERM shortens it to the grace period."""
+CLOSE_POLL_SECONDS = 0.5
 CHUNK_BYTES = 1024 * 1024
 """The most bytes one request carries."""
 REQUEST_TIMEOUT = 10.0
@@ -168,19 +171,26 @@ class Shipper:
 
     # ------------------------------------------------------------------ the supervisor's side
 
-    def close(self, timeout: float, final: bool = True) -> bool:
+    def close(self, timeout: float, final: bool = True,
+              sooner: Callable[[], float | None] | None = None) -> bool:
         """Ship what is left and then (``final``) the end of the stream, waiting at most
         ``timeout`` seconds; True when the controller acknowledged the end. Afterwards nothing more
-        is shipped (bytes still put are counted as lost)."""
+        is shipped (bytes still put are counted as lost). ``sooner``, asked every
+        ``CLOSE_POLL_SECONDS`` while waiting, may bring the end forward (a monotonic time: the
+        supervisor's grace period once a SIGTERM came)."""
         end = time.monotonic() + max(0.0, timeout)
         with self._cond:
             self._closing, self._final = True, final
             self._cond.notify_all()
             while not self._stopped and not self._done_locked():
+                if sooner is not None:
+                    with_signal = sooner()
+                    if with_signal is not None and with_signal < end:
+                        end, timeout = with_signal, max(0.0, with_signal - time.monotonic())
                 left = end - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(min(left, CLOSE_POLL_SECONDS) if sooner is not None else left)
             done = self.final_acknowledged or (not final and self._done_locked())
             if done:
                 self._stopped = True

@@ -18,8 +18,9 @@ The supervisor
   descendant found in ``/proc``, and verifies that nothing survives (one line on stderr);
 * when ``AGENT_CONTROLLER_SHIP_URL`` is set (and output is piped), also ships the combined output
   to the controller as it is read (:mod:`controller.agentctl.ship`: a bounded in-memory spool and
-  one background thread; never blocks or changes the passthrough), and once the tree is gone sends
-  the rest and the end of it, waiting at most ``AGENT_SHIP_FLUSH_SECONDS`` (default 60; after a
+  one background thread; never blocks or changes the passthrough), and once the tree is gone — and
+  the outcome reported, byte counts included, so that the controller knows what to wait for — sends
+  the rest and the end of it, waiting at most ``AGENT_SHIP_FLUSH_SECONDS`` (default 300; after a
   SIGTERM at most what is left of the grace period, at least 1 s);
 * when the child exits on its own, terminates stray descendants the same way, reports
   ``Completed``/``Failed`` to the Agent's status (only when ``AGENT_NAME`` is set) and exits with
@@ -298,6 +299,7 @@ class Supervisor:
         self.me = os.getpid()
         self.child_pid = 0
         self.child_status: int | None = None
+        self._shipping: tuple[ship.Shipper, bool] | None = None    # (shipper, stream drained) to finish
         self.reaped = 0
         self.killed: set[int] = set()
         self._tty_handed = False
@@ -419,6 +421,7 @@ class Supervisor:
             self._take_tty()
             if then is not None:
                 then(outcome)
+            self._finish_shipping()
             return outcome
         finally:
             self._take_tty()
@@ -462,9 +465,29 @@ class Supervisor:
         if shipper is not None:
             # A forwarder still running (a pipe held open by an unkillable process) means the
             # stream has not ended: ship what there is, but do not declare it complete.
-            drained = not any(forward.thread.is_alive() for forward in forwards)
-            shipper.close(self._flush_seconds(shipper), final=drained)
+            self._shipping = (shipper, not any(forward.thread.is_alive() for forward in forwards))
         return outcome
+
+    def _finish_shipping(self) -> None:
+        """Ship the rest and the end of the output — after the outcome was reported, so the
+        controller knows the byte counts and waits for them (it stops the pod once all arrived).
+        At most the shipper's bound; once a SIGTERM came, what is left of the grace period (at
+        least 1 s)."""
+        if self._shipping is None:
+            return
+        shipper, drained = self._shipping
+        self._shipping = None
+        shipper.close(self._flush_seconds(shipper), final=drained, sooner=self._grace_end)
+
+    def _grace_end(self) -> float | None:
+        """When shipping must end because of a SIGTERM (taken here: the process tree is gone, there
+        is nothing to forward it to), or None."""
+        while (info := signal.sigtimedwait(FORWARDED, 0)) is not None:
+            if info.si_signo == signal.SIGTERM and self.terminated_at is None:
+                self.terminated_at = time.monotonic()
+        if self.terminated_at is None:
+            return None
+        return self.terminated_at + max(1.0, self.grace - MAX_RESERVE_SECONDS)
 
     def _flush_seconds(self, shipper: ship.Shipper) -> float:
         """How long the shipper may take to finish: its own bound, or after a SIGTERM what is left

@@ -220,7 +220,7 @@ def test_from_env_only_with_a_url(capfd: pytest.CaptureFixture[str], server: Shi
     s = Shipper.from_env({"AGENT_CONTROLLER_SHIP_URL": server.url})
     assert s is not None
     shippers.append(s)
-    assert (s.spool_bytes, s.flush_seconds) == (64 * MiB, 60.0)
+    assert (s.spool_bytes, s.flush_seconds) == (64 * MiB, 300.0)
     s2 = Shipper.from_env({"AGENT_CONTROLLER_SHIP_URL": server.url, "AGENT_SHIP_SPOOL_BYTES": "1000",
                            "AGENT_SHIP_FLUSH_SECONDS": "2.5"})
     assert s2 is not None
@@ -608,7 +608,9 @@ def test_run_ships_the_combined_output_in_order(server: ShipServer, script: Any,
     assert bytes(b for b in shipped if b in from_err) == err
 
 
-def test_run_ships_before_the_final_report(server: ShipServer, script: Any, tmp_path: Path) -> None:
+def test_run_reports_its_counts_before_it_ships_the_end(server: ShipServer, script: Any, tmp_path: Path) -> None:
+    """The controller learns what to wait for (status.output) before the end arrives: its cleanup
+    keeps the pod until the shipped copy holds that much (controller/logs.py _await_shipment)."""
     api = FakeAPI()
     try:
         api.add_agent("team-a", "a1", {"phase": "Working"})
@@ -620,7 +622,7 @@ def test_run_ships_before_the_final_report(server: ShipServer, script: Any, tmp_
         (patch,) = api.patches()
         assert patch["body"]["status"]["output"] == {"bytes": 8, "stdoutBytes": 4, "stderrBytes": 4}
         final = [p for p in server.posts() if p["query"].get("final") == "1"][-1]
-        assert final["at"] < patch["at"], "final was acknowledged before the status report"
+        assert patch["at"] < final["at"], "the status report (with the counts) comes before final"
     finally:
         api.stop()
 
@@ -644,6 +646,25 @@ def test_run_terminated_still_ships_everything_and_final(server: ShipServer, spa
     assert bytes(o.out) == b"x" * 300_000 + b"ready\n"
     assert bytes(o.err).startswith(b"terminated\n")  # then the supervisor's own line on the tree
     assert bytes(server.data) == b"x" * 300_000 + b"ready\nterminated\n" and server.final
+
+
+def test_a_sigterm_while_the_end_is_held_up_ends_it_within_the_grace_period(
+        server: ShipServer, spawn: Any, script: Any, tmp_path: Path) -> None:
+    """The child is gone, the controller does not take the rest (503) and the flush bound is long:
+    the kubelet's SIGTERM (the pod is being stopped) ends the wait within the grace period, not the
+    bound (a test timeout, were it not so)."""
+    server.always = "503"
+    child = script("import os\nos.write(1, b'%d done\\n' % os.getpid())\n")
+    o = spawn("run", "--", PY, child, env=_ship_env(server, tmp_path, AGENT_SHIP_FLUSH_SECONDS="3600",
+                                                    AGENT_GRACE_SECONDS="2"))
+    o.wait_for(b" done\n")
+    pid = int(bytes(o.out).split()[0])
+    wait_until(lambda: not Path(f"/proc/{pid}").exists())     # the child exited and was reaped
+    server.wait(lambda sv: any(r["action"] == "503" for r in sv.requests))
+    o.proc.send_signal(signal.SIGTERM)
+    assert o.finish() == 0
+    assert "could not ship all output to the controller within" in bytes(o.err).decode()
+    assert not server.final
 
 
 @pytest.mark.parametrize("trouble", ["sealed", "spool-full", "unreachable"])

@@ -146,3 +146,36 @@ def test_shipping_resumes_across_controller_restarts_without_a_duplicated_byte(
     manifest = assert_manifest(directory)
     assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100)
     assert agent_entry(manifest)["complete"] is True
+
+
+def test_the_cleanup_waits_for_a_shipment_held_up_at_the_end(api, ns, make_controller, archive_dir, cluster):
+    """The agent ends while the controller cannot take its output (every TokenReview fails, as
+    while the API server restarts): agentctl run reports its byte counts first, the cleanup keeps
+    the pod — and the wrapper — until the rest arrived, and the archive is whole. (Were the pod
+    stopped at once, the archive would hold the node's last 1 MiB, `rotated`.)"""
+    controller = make_controller(ship_port=0)
+    total = 4 * MiB
+    fault = cluster.faults.inject(verb="create", resource="tokenreviews", status=500, times=None)
+    try:
+        spec = agent_spec(wrapped(writer(total)), log_max_size="1Mi")
+        spec["cleanup"]["logTimeoutSeconds"] = 3600
+        agent = api.create_agent(ns, "held", spec)
+        uid = agent["metadata"]["uid"]
+        reported = wait_for(lambda: ((api.agent(ns, "held").get("status") or {}).get("output") or {}).get("bytes"),
+                            timeout=300, message="agentctl run reported its byte counts")
+        assert reported == total
+        assert wait_for(lambda: fault.hits >= 1, message="the shipment refused meanwhile")
+        assert shipped_so_far(archive_dir, ns, "held", uid) == 0
+        # The cleanup has begun and waits: the pod is still there, its container running.
+        wait_for(lambda: (api.agent(ns, "held").get("status") or {}).get("phase") == "Completed")
+        pod = api.pod(ns, pod_name("held"))
+        assert pod["metadata"].get("deletionTimestamp") is None
+    finally:
+        cluster.faults.remove(fault)
+    agent = wait_for(cleaned(api, ns, "held"), timeout=300)
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100)
+    assert agent_entry(manifest)["complete"] is True
+    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert sample(scrape(controller), "agent_controller_shipped_bytes_total") == total
