@@ -364,23 +364,30 @@ class Replicas:
                       for i in range(count)]
         self.paused: set[int] = set()
         self.restarting: set[int] = set()
+        self.stopped = False            # no restart begins after stop()
 
     async def supervise(self, restarted: Counter[str]) -> None:
         """As a kubelet restarts a container that exited (a replica that lost its Lease exits so
         that a new process stands by): every exited replica is started again."""
-        while True:
+        while not self.stopped:
             for i, proc in enumerate(self.procs):
                 if i in self.paused or i in self.restarting or proc.proc is None or proc.proc.poll() is None:
                     continue
-                self.restarting.add(i)
+                self.restarting.add(i)       # (discarded by the thread: a cancelled await does not stop it)
                 try:
-                    await asyncio.to_thread(self.restart, i)
+                    await asyncio.to_thread(self.restart_marked, i)
                     restarted["replica_exited_and_restarted"] += 1
                 except RuntimeError:
                     pass                   # tried again on the next round
-                finally:
-                    self.restarting.discard(i)
             await asyncio.sleep(0.5)
+
+    def restart_marked(self, i: int) -> None:
+        """restart(i) of a replica marked `restarting` (by the caller), unmarked once done — by
+        this thread, which a cancelled await does not stop."""
+        try:
+            self.restart(i)
+        finally:
+            self.restarting.discard(i)
 
     def start(self) -> None:
         for p in self.procs:
@@ -391,6 +398,8 @@ class Replicas:
         away, the process exits) is tried again with back-off."""
         delay = 0.5
         for attempt in range(8):
+            if self.stopped:
+                return
             try:
                 self.procs[i].start(timeout=120)
                 return
@@ -401,6 +410,12 @@ class Replicas:
                 delay = min(delay * 2, 10.0)
 
     def stop(self) -> None:
+        # A restart under way (in a thread of its own: cancelling supervise() does not stop it)
+        # finishes first, so that the process it starts is stopped too, not leaked.
+        self.stopped = True
+        waited = time.monotonic() + 150
+        while self.restarting and time.monotonic() < waited:
+            time.sleep(0.1)
         for i in list(self.paused):
             self.procs[i].signal(signal.SIGCONT)
         for p in self.procs:
@@ -582,9 +597,10 @@ async def run(world: World, plan: Plan, workdir: Path, quiesce_timeout: float | 
                 replicas.procs[i].kill()
                 figures.kills += 1
                 await asyncio.sleep(rng.uniform(0.1, 1.0))
-                await asyncio.to_thread(replicas.restart, i)
-            finally:
+            except BaseException:
                 replicas.restarting.discard(i)
+                raise
+            await asyncio.to_thread(replicas.restart_marked, i)
         elif e.kind == "api_restart":
             figures.notes.append("API server: " + await asyncio.to_thread(world.restart_api_server))
             figures.faults["api_server_restart"] += 1
