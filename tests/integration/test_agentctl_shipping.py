@@ -12,7 +12,7 @@ from pathlib import Path
 from controller.names import pod_name
 from controller.nodesim import generate_output
 from helpers import leftovers, wait_for
-from test_archive_completeness import SEL, agent_entry, incomplete
+from test_archive_completeness import SEL, agent_entry, assert_archived_whole, incomplete
 from test_lifecycle import archive_path, assert_manifest, cleaned
 from test_sweep import sample, scrape
 
@@ -107,11 +107,7 @@ def test_a_node_lost_after_the_output_was_written_loses_nothing(
         cluster.kubelet.lose_node(ns, pod_name("lost"))
     go.touch()          # the agent ends: agentctl run sends `final` and reports Completed
     agent = wait_for(cleaned(api, ns, "lost"), timeout=300)
-    directory = archive_path(archive_dir, agent)
-    manifest = assert_manifest(directory)
-    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100)
-    assert agent_entry(manifest)["complete"] is True
-    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert_archived_whole(archive_dir, agent, generate_output(total, line_bytes=100))
     assert leftovers(api, ns, SEL + uid) == {}
 
 
@@ -173,9 +169,5 @@ def test_the_cleanup_waits_for_a_shipment_held_up_at_the_end(api, ns, make_contr
     finally:
         cluster.faults.remove(fault)
     agent = wait_for(cleaned(api, ns, "held"), timeout=300)
-    directory = archive_path(archive_dir, agent)
-    manifest = assert_manifest(directory)
-    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100)
-    assert agent_entry(manifest)["complete"] is True
-    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert_archived_whole(archive_dir, agent, generate_output(total, line_bytes=100))
     assert sample(scrape(controller), "agent_controller_shipped_bytes_total") == total

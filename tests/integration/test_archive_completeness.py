@@ -26,6 +26,17 @@ def agent_entry(manifest: dict, name: str = "agent.log") -> dict:
     return next(e for e in manifest["files"] if e["name"] == name)
 
 
+def assert_archived_whole(archive_dir, agent: dict, content: bytes) -> dict:
+    """The Agent's archive holds exactly `content` as agent.log, complete, and its status says so;
+    its MANIFEST."""
+    directory = archive_path(archive_dir, agent)
+    manifest = assert_manifest(directory)
+    assert (directory / "agent.log").read_bytes() == content
+    assert agent_entry(manifest)["complete"] is True
+    assert agent["status"]["cleanup"]["logsComplete"] is True
+    return manifest
+
+
 def incomplete(controller) -> dict[str, float]:
     text = scrape(controller)
     return {r: sample(text, "agent_controller_incomplete_logs_total", reason=r) for r in REASONS}
@@ -56,11 +67,7 @@ def test_broken_streams_of_an_ended_pod_are_resumed_without_a_duplicated_or_miss
         [{"write": {"bytes": total, "lineBytes": 100}}, {"exit": 0}],
         break_log_stream_after_bytes="40000", break_log_stream_times="3")})
     agent = wait_for(cleaned(api, ns, "ended"), timeout=120)
-    directory = archive_path(archive_dir, agent)
-    manifest = assert_manifest(directory)
-    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100)
-    assert agent_entry(manifest)["complete"] is True
-    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert_archived_whole(archive_dir, agent, generate_output(total, line_bytes=100))
     assert set(incomplete(controller).values()) == {0}
 
 
@@ -77,11 +84,7 @@ def test_a_broken_stream_of_a_stopping_pod_is_resumed(api, ns, controller, archi
              message="the whole output written")
     api.patch_agent(ns, "stopping", {"spec": {"terminate": True}})
     agent = wait_for(cleaned(api, ns, "stopping"), timeout=120)
-    directory = archive_path(archive_dir, agent)
-    manifest = assert_manifest(directory)
-    assert (directory / "agent.log").read_bytes() == generate_output(total, line_bytes=100) + b"bye\n"
-    assert agent_entry(manifest)["complete"] is True
-    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert_archived_whole(archive_dir, agent, generate_output(total, line_bytes=100) + b"bye\n")
 
 
 def test_a_stream_cut_while_the_agent_is_quiet_is_followed_again(api, ns, controller, archive_dir):
@@ -100,11 +103,7 @@ def test_a_stream_cut_while_the_agent_is_quiet_is_followed_again(api, ns, contro
              message="the first line captured (its stream is cut after it)")
     api.patch_agent(ns, "quiet", {"spec": {"terminate": True}})
     agent = wait_for(cleaned(api, ns, "quiet"), timeout=120)
-    directory = archive_path(archive_dir, agent)
-    manifest = assert_manifest(directory)
-    assert (directory / "agent.log").read_bytes() == b"one\nbye\n"
-    assert agent_entry(manifest)["complete"] is True
-    assert agent["status"]["cleanup"]["logsComplete"] is True
+    assert_archived_whole(archive_dir, agent, b"one\nbye\n")
 
 
 def test_a_cut_stream_that_cannot_be_resumed_is_marked_incomplete(api, ns, controller, archive_dir):
