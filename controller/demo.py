@@ -412,6 +412,8 @@ class DemoRunner:
             if not s.archive:
                 continue
             log = self.archive / NAMESPACE / s.name / s.uid / "agent.log"
+            if not log.is_file() and _never_had_a_pod(log.parent):
+                continue      # it ended (a deadline) before its pod was created: no log was ever served
             try:
                 served = cluster.kubelet.served_log(NAMESPACE, s.name, "agent")
             except Exception:  # noqa: BLE001 - the kubelet forgot the pod: compare with the script
@@ -491,3 +493,12 @@ def _quantile(values: list[float], q: float) -> float:
         return 0.0
     index = min(len(values) - 1, max(0, int(round(q * (len(values) - 1)))))
     return values[index]
+
+
+def _never_had_a_pod(archive: Path) -> bool:
+    """The archived agent.json says the Agent never had a pod (no podName, no startTime)."""
+    try:
+        status = json.loads((archive / "agent.json").read_text()).get("status") or {}
+    except (OSError, ValueError):
+        return False
+    return not status.get("podName") and not status.get("startTime")

@@ -287,3 +287,17 @@ def test_demo_examples_are_valid_agents_for_the_simulator():
                 assert doc["spec"]["command"][:3] == ["agentctl", "run", "--"], path.name
             stored = cluster.create(doc, namespace="demo")      # validated against the CRD
             assert stored["spec"]["cleanup"]["logs"] == "Archive", path.name
+
+
+def test_an_agent_that_never_had_a_pod_has_no_log_to_compare(tmp_path):
+    """A deadline that passes before the pod is created (a loaded machine): nothing was served,
+    so the demo's check of archived logs skips it instead of reporting a difference."""
+    import json as _json
+
+    from controller.demo import _never_had_a_pod
+
+    (tmp_path / "agent.json").write_text(_json.dumps({"status": {"phase": "Failed", "reason": "DeadlineExceeded"}}))
+    assert _never_had_a_pod(tmp_path)
+    (tmp_path / "agent.json").write_text(_json.dumps({"status": {"phase": "Failed", "podName": "x"}}))
+    assert not _never_had_a_pod(tmp_path)
+    assert not _never_had_a_pod(tmp_path / "missing")
