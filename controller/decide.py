@@ -108,6 +108,12 @@ class CreateRefusal:
     quota: bool = False         # a ResourceQuota refusal: not final, retried until the start deadline
     name_taken: bool = False    # 409: an object of another owner holds the name
 
+    @property
+    def reason(self) -> str:
+        """The Agent's reason for this refusal (its status and its Warning Event)."""
+        return (api.REASON_QUOTA_EXCEEDED if self.quota else
+                api.REASON_POD_NAME_TAKEN if self.name_taken else api.REASON_POD_REJECTED)
+
     @classmethod
     def of(cls, status: int, message: str, name_taken: bool = False) -> CreateRefusal:
         return cls(status, message, quota=status == 403 and "exceeded quota" in message, name_taken=name_taken)
@@ -245,8 +251,7 @@ def _next_step(agent: Mapping[str, Any], seen: Observed, now: datetime.datetime)
             return Decision(status=StatusChange(api.FAILED, api.REASON_POD_REJECTED,
                                                 f"The API refused the agent's pod: {refusal.message}"))
         if refusal is not None and (refusal.quota or refusal.name_taken):
-            reason = api.REASON_QUOTA_EXCEEDED if refusal.quota else api.REASON_POD_NAME_TAKEN
-            note = _note(status, reason, refusal.message)
+            note = _note(status, refusal.reason, refusal.message)
             if seen.retry_in > 0:
                 return Decision(status=note, requeue_after=_earliest(seen.retry_in, clock))
             return Decision(status=note, create_children=True, on_created=_created(phase), backoff=True,
@@ -310,8 +315,7 @@ def _waiting(pod: PodState | None, refusal: CreateRefusal | None, status: Mappin
     if pod is not None and pod.waiting_reason:
         return pod.waiting_reason, pod.waiting_message or ""
     if refusal is not None:
-        return (api.REASON_QUOTA_EXCEEDED if refusal.quota else
-                api.REASON_POD_NAME_TAKEN if refusal.name_taken else api.REASON_POD_REJECTED), refusal.message
+        return refusal.reason, refusal.message
     reason = status.get("reason")
     if reason and reason != api.REASON_CREATED:
         return str(reason), str(status.get("message") or "")

@@ -137,8 +137,7 @@ async def act(rt: Runtime, key: AgentKey, agent: dict[str, Any], decision: Decis
             if change is None and (refused.quota or refused.name_taken):
                 # Refused again, as already recorded: the Event's count says how often (as a
                 # ReplicaSet's FailedCreate does); the status is not written again.
-                await rt.events.post(agent, WARNING, api.REASON_QUOTA_EXCEEDED if refused.quota
-                                     else api.REASON_POD_NAME_TAKEN, refused.message, aggregate=True)
+                await rt.events.post(agent, WARNING, refused.reason, refused.message, aggregate=True)
     if change is not None:
         agent = await write_status(rt, agent, change)
         if not backoff:
